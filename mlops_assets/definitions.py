@@ -1,0 +1,34 @@
+"""The one Definitions object of the code location."""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from mlops_assets import features, ingestion, validation
+from mlops_assets.partitions import dataset_spec
+from mlops_assets.resources import DatasetSource, DuckDBFrameIOManager, data_dir
+
+
+def build_resources() -> dict:
+    data_dir().mkdir(parents=True, exist_ok=True)
+    warehouse = str(data_dir() / "warehouse.duckdb")
+    return {
+        "io_manager": DuckDBFrameIOManager(database=warehouse, schema=dataset_spec.name),
+        "warehouse": DuckDBResource(database=warehouse),
+        "source": DatasetSource(cache_dir=str(data_dir() / "sources")),
+    }
+
+
+data_assets = dg.AssetSelection.groups("ingestion", "validation", "features")
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingestion, validation, features]),
+    jobs=[
+        dg.define_asset_job(
+            "data_job",
+            selection=data_assets,
+            description="Ingest, validate and build features for the selected days.",
+        )
+    ],
+    resources=build_resources(),
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,67 @@
+"""Features: model-ready columns per record, lookups joined, and the label."""
+
+import dagster as dg
+
+from mlops_assets.metadata import table_metadata
+from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
+from mlops_assets.resources import DUCKDB_POOL, DatasetSource
+
+FEATURE_NULL_CHECK = "check_feature_null_rates"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run,
+    metadata={"partition_expr": dataset_spec.date.column},
+    group_name="features",
+    kinds={"duckdb", "pandas"},
+    pool=DUCKDB_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            FEATURE_NULL_CHECK,
+            asset="features",
+            description="Each feature's share of nulls (e.g. a lookup that found no match) stays "
+            "under its max_null_rate, or the specification's default.",
+        )
+    ],
+)
+def features(context: dg.AssetExecutionContext, source: DatasetSource, validated_records):
+    """One row per validated record: date, key, features from the specification, label."""
+    from mlops_assets.lib.features import build_features, feature_columns
+    from mlops_assets.lib.quality import null_rates
+    from mlops_assets.lib.validation import validate_lookup
+
+    spec = dataset_spec
+    lookups, dropped = {}, {}
+    for name, lookup in spec.lookups.items():
+        lookups[name], dropped[name] = validate_lookup(
+            source.lookup(spec, name), lookup.columns, lookup.join_on
+        )
+        if dropped[name]:
+            context.log.warning(f"lookup {name}: {dropped[name]} rows failed their checks, dropped")
+    frame = build_features(validated_records, lookups, spec)[feature_columns(spec)]
+    labelled = frame[spec.target.name].notna()
+    yield dg.Output(
+        frame,
+        metadata={
+            **table_metadata(frame),
+            "labelled_records": int(labelled.sum()),
+            "positive_rate": float(frame.loc[labelled, spec.target.name].mean())
+            if labelled.any()
+            else float("nan"),
+            **{f"lookup_rows_dropped/{n}": d for n, d in dropped.items()},
+        },
+    )
+
+    rates = null_rates(frame, list(spec.features))
+    limits = {
+        name: f.max_null_rate if f.max_null_rate is not None else spec.quality.max_null_rate
+        for name, f in spec.features.items()
+    }
+    over = sorted(name for name, rate in rates.items() if rate > limits[name])
+    yield dg.AssetCheckResult(
+        check_name=FEATURE_NULL_CHECK,
+        passed=not over,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={**{f"null_rate/{c}": r for c, r in rates.items()}, "over_limit": ", ".join(over)},
+    )

@@ -1,0 +1,62 @@
+"""Dataset-level quality measures that asset checks report: row counts, null rates, schema."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+
+def daily_row_counts(
+    frame: pd.DataFrame, date_column: str, start: dt.date, end: dt.date
+) -> pd.Series:
+    """Rows per day for every day in [start, end), zero for days without rows."""
+    days = pd.date_range(start, end, inclusive="left")
+    counts = frame.groupby(pd.to_datetime(frame[date_column]).dt.normalize()).size()
+    return counts.reindex(days, fill_value=0).astype("int64")
+
+
+def row_count_anomalies(
+    counts: pd.Series, history: pd.Series, *, trailing_days: int, min_ratio: float
+) -> pd.DataFrame:
+    """Each day's count against the median of the `trailing_days` days before it.
+
+    `counts` holds the days under test, `history` the stored days before them (may be empty).
+    A day fails when it is empty, or below `min_ratio` x the trailing median; a day with no
+    history at all passes on count > 0 alone.
+    """
+    series = pd.concat([history, counts]).sort_index()
+    series = series[~series.index.duplicated(keep="last")]
+    trailing = series.shift(1).rolling(trailing_days, min_periods=1).median()
+    table = pd.DataFrame({"rows": counts, "trailing_median": trailing.reindex(counts.index)})
+    table["ratio"] = table["rows"] / table["trailing_median"]
+    table["failed"] = (table["rows"] == 0) | (table["ratio"] < min_ratio)
+    return table
+
+
+def null_rates(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+    if frame.empty:
+        return dict.fromkeys(columns, 0.0)
+    return {c: float(frame[c].isna().mean()) for c in columns}
+
+
+def schema_mismatches(frame: pd.DataFrame, expected: dict[str, str]) -> list[str]:
+    """Differences between the frame's columns/dtype kinds and `expected` (column -> kind).
+
+    Kinds are pandas' coarse ones: "string", "int", "float", "timestamp".
+    """
+    problems = [f"missing column {c!r}" for c in expected if c not in frame.columns]
+    for column, kind in expected.items():
+        if column in frame.columns and dtype_kind(frame[column].dtype) != kind:
+            problems.append(f"{column}: expected {kind}, got {frame[column].dtype}")
+    return problems
+
+
+def dtype_kind(dtype) -> str:
+    if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "timestamp"
+    return "string"

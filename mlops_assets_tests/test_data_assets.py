@@ -1,0 +1,175 @@
+"""raw -> validated -> features through real Dagster runs on a real DuckDB file."""
+
+import subprocess
+import sys
+import textwrap
+
+import dagster as dg
+import duckdb
+import pytest
+
+from mlops_assets import features, ingestion, validation
+from mlops_assets.definitions import defs
+from mlops_assets_tests.conftest import ROWS_PER_DAY, range_tags, write_csv
+
+DATA_ASSETS = [ingestion.raw_records, validation.validate_records, features.features]
+
+
+def materialize(resources, instance, start, end=None, assets=DATA_ASSETS):
+    if end is None:
+        return dg.materialize(assets, partition_key=start, resources=resources, instance=instance)
+    return dg.materialize(
+        assets, tags=range_tags(start, end), resources=resources, instance=instance
+    )
+
+
+def daily_counts(resources, table):
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        rows = con.execute(
+            f"SELECT strftime(flight_date, '%m-%d'), count(*) FROM flights.{table} GROUP BY 1"
+        ).fetchall()
+    return dict(rows)
+
+
+def check_results(result):
+    return {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_job_def("data_job") is not None
+
+
+def test_a_week_runs_as_one_run_into_duckdb(make_resources, sample_csv, instance):
+    resources = make_resources(sample_csv)
+    result = materialize(resources, instance, "2013-01-01", "2013-01-07")
+    assert result.success
+    expected = {f"01-0{d}": ROWS_PER_DAY for d in range(1, 8)}
+    for table in ("raw_records", "validated_records", "features"):
+        assert daily_counts(resources, table) == expected
+    assert all(check_results(result).values()), check_results(result)
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        types = dict(con.execute("DESCRIBE flights.features").fetchall()[i][:2] for i in range(17))
+    assert types["flight_date"].startswith("TIMESTAMP") and types["temp"] == "DOUBLE"
+
+
+def test_rematerializing_a_day_replaces_exactly_its_rows(
+    make_resources, flights_rows, tmp_path, instance
+):
+    first = make_resources(write_csv(tmp_path / "v1.csv", flights_rows))
+    assert materialize(first, instance, "2013-01-01", "2013-01-05").success
+    jan_3 = [r for r in flights_rows if (r["month"], r["day"]) == ("1", "3")]
+    fewer = [r for r in flights_rows if r not in jan_3[:5]]
+    second = make_resources(write_csv(tmp_path / "v2.csv", fewer))
+    assert materialize(second, instance, "2013-01-03").success
+    assert materialize(second, instance, "2013-01-03").success  # and again: idempotent
+    for table in ("raw_records", "validated_records", "features"):
+        counts = daily_counts(second, table)
+        assert counts["01-03"] == ROWS_PER_DAY - 5
+        assert [counts[f"01-0{d}"] for d in (1, 2, 4, 5)] == [ROWS_PER_DAY] * 4
+
+
+def test_one_day_reads_only_that_day(make_resources, sample_csv, instance):
+    resources = make_resources(sample_csv)
+    assert materialize(resources, instance, "2013-01-01", "2013-01-14").success
+    result = materialize(resources, instance, "2013-01-09")
+    features_event = result.asset_materializations_for_node("features")[0]
+    assert features_event.metadata["dagster/partition_row_count"].value == ROWS_PER_DAY
+    assert daily_counts(resources, "features")["01-14"] == ROWS_PER_DAY
+
+
+def test_bad_rows_are_quarantined_and_a_bad_day_blocks_features(
+    make_resources, flights_rows, tmp_path, instance
+):
+    good = make_resources(write_csv(tmp_path / "good.csv", flights_rows))
+    assert materialize(good, instance, "2013-01-02").success
+    rows = [dict(r) for r in flights_rows]
+    jan_2 = [r for r in rows if (r["month"], r["day"]) == ("1", "2")]
+    for row in jan_2[:10]:
+        row["dep_delay"] = "n/a?"
+    bad = make_resources(write_csv(tmp_path / "bad.csv", rows))
+    result = dg.materialize(
+        DATA_ASSETS,
+        partition_key="2013-01-02",
+        resources=bad,
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert check_results(result)["check_quarantine_share"] is False
+    assert not result.asset_materializations_for_node("features")  # blocked downstream
+    assert daily_counts(bad, "features")["01-02"] == ROWS_PER_DAY  # what was stored stays
+    assert daily_counts(bad, "validated_records")["01-02"] == ROWS_PER_DAY - 10
+    with duckdb.connect(bad["warehouse"].database, read_only=True) as con:
+        held = con.execute(
+            "SELECT failed_column, failed_check, failure_case, dep_delay "
+            "FROM flights.quarantined_records"
+        ).fetchall()
+    assert held == [("dep_delay", "type(float)", "n/a?", "n/a?")] * 10
+
+
+def test_an_empty_day_fails_the_row_count_check_without_crashing(
+    make_resources, flights_rows, tmp_path, instance
+):
+    rows = [r for r in flights_rows if (r["month"], r["day"]) != ("1", "4")]
+    resources = make_resources(write_csv(tmp_path / "gap.csv", rows))
+    result = materialize(resources, instance, "2013-01-01", "2013-01-05")
+    assert check_results(result)["check_row_count_against_trailing_days"] is False
+    assert "01-04" not in daily_counts(resources, "features")
+    (evaluation,) = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        and e.asset_check_evaluation_data.check_name == "check_row_count_against_trailing_days"
+    ]
+    assert evaluation.metadata["failed_days"].value == 1
+    assert evaluation.metadata["min_rows_per_day"].value == 0
+
+
+def test_a_collapsed_day_fails_against_the_trailing_days(
+    make_resources, flights_rows, tmp_path, instance
+):
+    first = make_resources(write_csv(tmp_path / "full.csv", flights_rows))
+    assert materialize(first, instance, "2013-01-01", "2013-01-07").success
+    jan_8 = [r for r in flights_rows if (r["month"], r["day"]) == ("1", "8")]
+    thin = [r for r in flights_rows if r not in jan_8[5:]]
+    resources = make_resources(write_csv(tmp_path / "thin.csv", thin))
+    result = materialize(resources, instance, "2013-01-08")
+    assert check_results(result)["check_row_count_against_trailing_days"] is False
+
+
+CONCURRENT_RUN = textwrap.dedent(
+    """
+    import sys, dagster as dg
+    from mlops_assets import features, ingestion, validation
+    from mlops_assets_tests.conftest import make_resources_at
+    resources = make_resources_at(sys.argv[1], sys.argv[2])
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [ingestion.raw_records, validation.validate_records, features.features],
+            partition_key=sys.argv[3], resources=resources, instance=instance,
+        )
+    sys.exit(0 if result.success else 1)
+    """
+)
+
+
+@pytest.mark.parametrize("writers", [3])
+def test_concurrent_writers_queue_on_the_duckdb_lock(sample_csv, tmp_path, writers):
+    days = [f"2013-01-{d:02d}" for d in range(1, writers + 1)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_RUN, str(tmp_path), str(sample_csv), day],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for day in days
+    ]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert [code for code, _ in outcomes] == [0] * writers, outcomes
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
+        count = con.execute("SELECT count(*) FROM flights.features").fetchone()[0]
+    assert count == writers * ROWS_PER_DAY
