@@ -1,20 +1,35 @@
 """The one Definitions object of the code location."""
 
+import os
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets import features, ingestion, validation
 from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import DatasetSource, DuckDBFrameIOManager, data_dir
+from mlops_assets.resources import (
+    DatasetSource,
+    DuckDBFrameIOManager,
+    MlflowTracking,
+    ReportStore,
+    data_dir,
+)
 
 
 def build_resources() -> dict:
-    data_dir().mkdir(parents=True, exist_ok=True)
+    (data_dir() / "mlflow").mkdir(parents=True, exist_ok=True)
     warehouse = str(data_dir() / "warehouse.duckdb")
     return {
         "io_manager": DuckDBFrameIOManager(database=warehouse, schema=dataset_spec.name),
         "warehouse": DuckDBResource(database=warehouse),
         "source": DatasetSource(cache_dir=str(data_dir() / "sources")),
+        "mlflow": MlflowTracking(
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(data_dir() / 'mlflow' / 'mlflow.db').resolve()}",
+            artifact_location=str((data_dir() / "mlflow" / "artifacts").resolve()),
+            model_name=f"{dataset_spec.name}_model",
+        ),
+        "reports": ReportStore(directory=str(data_dir() / "reports")),
     }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -105,3 +107,79 @@ def stored_daily_counts(
             return pd.Series(dtype="int64")
         rows = con.execute(query, [start, end]).fetchall()
     return pd.Series({pd.Timestamp(day): n for day, n in rows}, dtype="int64")
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow tracking and model registry, through dagster-mlflow.
+
+    `tracking_uri` defaults to a local SQLite store under $MLOPS_DATA_DIR/mlflow; set it (or
+    MLFLOW_TRACKING_URI) to use a tracking server.
+    """
+
+    tracking_uri: str = Field(description="MLflow tracking and registry URI.")
+    artifact_location: str = Field(description="Where a new experiment stores its artifacts.")
+    experiment_name: str = Field(default="mlops_assets", description="MLflow experiment.")
+    model_name: str = Field(description="Registered model name.")
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="Base URL of the MLflow UI, for links in Dagster metadata.",
+    )
+
+    def client(self):
+        from mlops_assets.lib import registry
+
+        mlflow_client = registry.client(self.tracking_uri)
+        registry.ensure_experiment(mlflow_client, self.experiment_name, self.artifact_location)
+        return mlflow_client
+
+    @contextmanager
+    def run(self, context: dg.AssetExecutionContext, tags: dict[str, str] | None = None):
+        """The MLflow run of this Dagster run, active inside the block; ended when it exits.
+
+        dagster-mlflow finds the MLflow run tagged with this Dagster run's id (or starts it), so
+        every step of one Dagster run logs to one MLflow run. Its resource would leave that run
+        active and RUNNING in the process; here each step ends it, FINISHED or FAILED, and the
+        next step of the same Dagster run reopens it.
+        """
+        import mlflow
+        from dagster_mlflow.resources import MlFlow
+
+        self.client()
+        stale = mlflow.active_run()
+        if stale is not None and stale.data.tags.get("dagster_run_id") != context.run_id:
+            mlflow.end_run("KILLED")  # left behind by another Dagster run in this process
+        config = {
+            "experiment_name": self.experiment_name,
+            "mlflow_tracking_uri": self.tracking_uri,
+            "extra_tags": tags or {},
+        }
+        MlFlow(
+            SimpleNamespace(
+                log=context.log,
+                dagster_run=context.run,
+                run_id=context.run_id,
+                resource_config=config,
+            )
+        )
+        run = mlflow.active_run()
+        try:
+            yield run
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        mlflow.end_run("FINISHED")
+
+    def run_url(self, run_id: str) -> str:
+        experiment = self.client().get_run(run_id).info.experiment_id
+        return f"{self.ui_url}/#/experiments/{experiment}/runs/{run_id}"
+
+
+class ReportStore(dg.ConfigurableResource):
+    """Where reports (plots, HTML, JSON) are written: `directory`/<kind>/<name>."""
+
+    directory: str = Field(description="Root directory of the reports.")
+
+    def path(self, *parts: str) -> Path:
+        path = Path(self.directory).joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.resolve()

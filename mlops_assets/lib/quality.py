@@ -25,7 +25,7 @@ def row_count_anomalies(
     A day fails when it is empty, or below `min_ratio` x the trailing median; a day with no
     history at all passes on count > 0 alone.
     """
-    series = pd.concat([history, counts]).sort_index()
+    series = pd.concat([history, counts]).sort_index() if len(history) else counts
     series = series[~series.index.duplicated(keep="last")]
     trailing = series.shift(1).rolling(trailing_days, min_periods=1).median()
     table = pd.DataFrame({"rows": counts, "trailing_median": trailing.reindex(counts.index)})
