@@ -5,7 +5,7 @@ import os
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets import features, ingestion, validation
+from mlops_assets import evaluation, features, ingestion, promotion, training, validation
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import (
     DatasetSource,
@@ -14,6 +14,7 @@ from mlops_assets.resources import (
     ReportStore,
     data_dir,
 )
+from mlops_assets.training import OBJECT_IO_MANAGER
 
 
 def build_resources() -> dict:
@@ -30,19 +31,29 @@ def build_resources() -> dict:
             model_name=f"{dataset_spec.name}_model",
         ),
         "reports": ReportStore(directory=str(data_dir() / "reports")),
+        OBJECT_IO_MANAGER: dg.FilesystemIOManager(base_dir=str(data_dir() / "objects")),
     }
 
 
 data_assets = dg.AssetSelection.groups("ingestion", "validation", "features")
+training_assets = dg.AssetSelection.groups("training", "evaluation", "registry")
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, validation, features]),
+    assets=dg.load_assets_from_modules(
+        [ingestion, validation, features, training, evaluation, promotion]
+    ),
     jobs=[
         dg.define_asset_job(
             "data_job",
             selection=data_assets,
             description="Ingest, validate and build features for the selected days.",
-        )
+        ),
+        dg.define_asset_job(
+            "training_job",
+            selection=training_assets,
+            description="Build the training set, train, register, evaluate, explain and gate "
+            "a model; the first model to pass the gates becomes champion.",
+        ),
     ],
     resources=build_resources(),
     executor=dg.in_process_executor,

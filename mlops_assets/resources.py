@@ -183,3 +183,14 @@ class ReportStore(dg.ConfigurableResource):
         path = Path(self.directory).joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.resolve()
+
+
+class EvidentlyWorkspace(dg.ConfigurableResource):
+    """A local Evidently workspace holding each monitored day's drift snapshot.
+
+    Browse it with `evidently ui --workspace <directory>`: the snapshots carry the partition's
+    date as their timestamp, so the dashboard charts the monitored days, not the run times.
+    """
+
+    directory: str = Field(description="The workspace directory (created on first use).")
+    project_name: str = Field(description="The Evidently project the daily snapshots go to.")

@@ -365,7 +365,31 @@ def save_to_workspace(
     View with `evidently ui --workspace <workspace_dir>` (default http://127.0.0.1:8000).
     With `replace_same_timestamp`, runs of the project with the same timestamp are deleted first,
     so re-running a batch replaces its snapshot instead of adding a duplicate. That scan reads
-    every stored snapshot of the project (small without figures, ~4 MB each with them).
+    every stored snapshot of the project (small without figures, ~4 MB each with them): to save
+    many batches, use `save_snapshots_to_workspace`, which scans once.
+    """
+    [snapshot_id] = save_snapshots_to_workspace(
+        [snapshot],
+        workspace_dir,
+        project_name,
+        replace_same_timestamp=replace_same_timestamp,
+        description=description,
+    )
+    return snapshot_id
+
+
+def save_snapshots_to_workspace(
+    snapshots: Sequence[Snapshot],
+    workspace_dir: Path,
+    project_name: str,
+    *,
+    replace_same_timestamp: bool = True,
+    description: str | None = None,
+) -> list[str]:
+    """`save_to_workspace` for many snapshots (e.g. the days of a backfill): their ids, in order.
+
+    The project's stored runs are read once, not once per snapshot (a backfill of n days would
+    otherwise read n^2 / 2 snapshot files).
     """
     from evidently.ui.workspace import Workspace
 
@@ -376,11 +400,10 @@ def save_to_workspace(
             project = projects[0]
         else:
             project = workspace.create_project(project_name, description=description)
-        if replace_same_timestamp:
-            timestamp = snapshot.to_snapshot_model().timestamp
+        if replace_same_timestamp and snapshots:
+            timestamps = {s.to_snapshot_model().timestamp for s in snapshots}
             for run_id in workspace.list_runs(project.id):
                 run = workspace.get_run(project.id, run_id)
-                if run is not None and run.timestamp == timestamp:
+                if run is not None and run.timestamp in timestamps:
                     workspace.delete_run(project.id, run_id)
-        ref = workspace.add_run(project.id, snapshot)
-    return str(ref.id)
+        return [str(workspace.add_run(project.id, s).id) for s in snapshots]

@@ -75,6 +75,11 @@ class TargetSpec(_Strict):
     expression: str = Field(description="SQL giving 0/1; NULL for records without a label.")
 
 
+class WindowSpec(_Strict):
+    start: dt.date
+    end: dt.date = Field(description="Last date (inclusive).")
+
+
 class QualitySpec(_Strict):
     max_quarantine_share: float = Field(0.05, ge=0, le=1)
     trailing_days: int = Field(7, ge=1)
@@ -93,6 +98,9 @@ class DatasetSpec(_Strict):
     features: dict[str, FeatureSpec] = Field(min_length=1)
     target: TargetSpec
     quality: QualitySpec = QualitySpec()
+    training_window: WindowSpec | None = Field(
+        default=None, description="Default training window; the first half of the dates if unset."
+    )
     base_dir: Path = Field(Path("."), exclude=True)
 
     @model_validator(mode="after")
@@ -112,6 +120,13 @@ class DatasetSpec(_Strict):
         if clash := reserved & (set(self.columns) | set(self.features)):
             raise ValueError(f"{sorted(clash)} are reserved for the date and the target")
         return self
+
+    @property
+    def default_training_window(self) -> WindowSpec:
+        if self.training_window is not None:
+            return self.training_window
+        half = self.date.start + (self.date.end - self.date.start) / 2
+        return WindowSpec(start=self.date.start, end=half)
 
     @property
     def categorical_features(self) -> list[str]:

@@ -1,0 +1,259 @@
+"""Training: the training set from a window of feature partitions, and the model in MLflow."""
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from mlops_assets.features import features
+from mlops_assets.metadata import table_metadata
+from mlops_assets.partitions import dataset_spec
+from mlops_assets.resources import DUCKDB_POOL, MlflowTracking
+
+SPLIT_COLUMN = "split"
+OBJECT_IO_MANAGER = "object_io_manager"
+_window = dataset_spec.default_training_window
+
+
+class TrainingSetConfig(dg.Config):
+    start: str = Field(
+        default=_window.start.isoformat(), description="First day of the training window."
+    )
+    end: str = Field(
+        default=_window.end.isoformat(), description="Last day of the training window (inclusive)."
+    )
+    validation_fraction: float = Field(
+        default=0.15, description="Share of rows (whole days, after train) for validation."
+    )
+    test_fraction: float = Field(
+        default=0.15, description="Share of rows (the latest whole days) held out for evaluation."
+    )
+
+
+class ModelConfig(dg.Config):
+    estimator: Literal["hist_gradient_boosting", "random_forest"] = Field(
+        default="hist_gradient_boosting", description="Estimator family."
+    )
+    params: dict[str, Any] = Field(
+        default={}, description="Fixed hyperparameters over the family's defaults."
+    )
+    search: Literal["random", "grid", "none"] = Field(
+        default="random", description="Hyperparameter search over the family's search space."
+    )
+    n_trials: int = Field(default=4, description="Candidates tried by a random search.")
+    cv_splits: int = Field(default=3, description="Time-series cross-validation folds.")
+    metric: str = Field(default="roc_auc", description="scikit-learn scorer the search maximises.")
+    seed: int = Field(default=0, description="Random seed of the search and the estimator.")
+
+
+@dg.asset(
+    deps=[features],
+    group_name="training",
+    kinds={"duckdb", "pandas"},
+    pool=DUCKDB_POOL,
+)
+def training_set(
+    context: dg.AssetExecutionContext, config: TrainingSetConfig, warehouse: DuckDBResource
+):
+    """Labelled feature rows of the training window, split in time order (test = latest days)."""
+    import pandas as pd
+
+    from mlops_assets.lib.modeling import hash_frame, time_split
+    from mlops_assets.lib.sources import to_pandas
+
+    spec = dataset_spec
+    start, end = dt.date.fromisoformat(config.start), dt.date.fromisoformat(config.end)
+    date = spec.date.column
+    with warehouse.get_connection() as con:
+        # The date filter runs inside DuckDB: only the window's rows are read.
+        frame = to_pandas(
+            con.sql(
+                f"SELECT * FROM {spec.name}.features WHERE {date} >= DATE '{start}' "
+                f"AND {date} < DATE '{end + dt.timedelta(days=1)}' "
+                f"AND {spec.target.name} IS NOT NULL"
+            )
+        )
+    days = frame[date].dt.normalize().nunique()
+    expected = (end - start).days + 1
+    if days < expected:
+        present = set(frame[date].dt.date)
+        missing = [
+            str(start + dt.timedelta(d))
+            for d in range(expected)
+            if start + dt.timedelta(d) not in present
+        ]
+        raise dg.Failure(
+            f"features are missing for {len(missing)} day(s) of the window {start}..{end}, "
+            f"e.g. {missing[:5]}: materialize them first (features with --partition-range)."
+        )
+    train, validation, test = time_split(
+        frame, date, config.validation_fraction, config.test_fraction
+    )
+    parts = {"train": train, "validation": validation, "test": test}
+    frame = pd.concat(
+        [part.assign(**{SPLIT_COLUMN: name}) for name, part in parts.items()], ignore_index=True
+    )
+    label = spec.target.name
+    metadata = {
+        "window": f"{start}..{end}",
+        "data_hash": hash_frame(frame),
+        **{f"rows/{name}": len(part) for name, part in parts.items()},
+        **{
+            f"positive_rate/{name}": float(part[label].mean())
+            for name, part in parts.items()
+            if len(part)
+        },
+        **{
+            f"first_day/{name}": str(part[date].min().date())
+            for name, part in parts.items()
+            if len(part)
+        },
+    }
+    context.log.info(f"training set {metadata}")
+    return dg.Output(frame, metadata={**table_metadata(frame), **metadata})
+
+
+def code_version() -> str:
+    """The git commit of the code, when it runs from a checkout; else the package version."""
+    from importlib.metadata import version
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return f"mlops_assets=={version('mlops_assets')}"
+
+
+def split_parts(training_set) -> dict[str, Any]:
+    return {name: part for name, part in training_set.groupby(SPLIT_COLUMN, sort=False)}
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"mlflow", "scikitlearn"},
+    io_manager_key=OBJECT_IO_MANAGER,
+)
+def model(
+    context: dg.AssetExecutionContext,
+    config: ModelConfig,
+    training_set,
+    mlflow: MlflowTracking,
+):
+    """A scikit-learn Pipeline trained on the train split, registered in MLflow as challenger."""
+    import mlflow as mlflow_api
+    from mlflow.models import infer_signature
+
+    from mlops_assets.lib import modeling, registry
+    from mlops_assets.lib.evaluation import classification_metrics
+
+    spec = dataset_spec
+    categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
+    parts = split_parts(training_set)
+    train, validation = parts["train"], parts.get("validation")
+    dates = training_set[spec.date.column]
+    lineage = {
+        "code_version": code_version(),
+        "data_window": f"{dates.min().date()}..{dates.max().date()}",
+        "data_hash": modeling.hash_frame(training_set),
+        "data_rows": str(len(training_set)),
+        "data_rows_train": str(len(train)),
+        "features_table": f"{spec.name}.features",
+    }
+    with mlflow.run(context, tags=lineage) as run:
+        search = modeling.search_hyperparameters(
+            train,
+            estimator=config.estimator,
+            categorical=categorical,
+            numeric=numeric,
+            label=label,
+            date_column=spec.date.column,
+            params=config.params,
+            method=config.search,
+            n_trials=config.n_trials,
+            n_splits=config.cv_splits,
+            metric=config.metric,
+            seed=config.seed,
+        )
+        for number, trial in enumerate(search.trials):
+            with mlflow_api.start_run(run_name=f"trial-{number}", nested=True):
+                mlflow_api.log_params(trial.params)
+                mlflow_api.log_metrics(
+                    {
+                        f"cv_{config.metric}": trial.mean_score,
+                        f"cv_{config.metric}_std": trial.std_score,
+                    }
+                )
+        pipeline = modeling.fit_final(
+            train,
+            estimator=config.estimator,
+            params=search.best_params,
+            categorical=categorical,
+            numeric=numeric,
+            label=label,
+            seed=config.seed,
+        )
+        mlflow_api.log_params(
+            {"estimator": config.estimator, "search": config.search, **search.best_params}
+        )
+        if search.best_score is not None:
+            mlflow_api.log_metric(f"cv_{config.metric}", search.best_score)
+        validation_metrics = {}
+        if validation is not None and len(validation):
+            X_val, y_val = modeling.features_and_label(validation, categorical, numeric, label)
+            validation_metrics = classification_metrics(y_val, pipeline.predict_proba(X_val)[:, 1])
+            mlflow_api.log_metrics(
+                {f"validation_{k}": float(v) for k, v in validation_metrics.items()}
+            )
+        X_train, _ = modeling.features_and_label(train, categorical, numeric, label)
+        example = X_train.head(5)
+        logged = mlflow_api.sklearn.log_model(
+            pipeline,
+            name="model",
+            registered_model_name=mlflow.model_name,
+            signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
+            input_example=example,
+            skops_trusted_types=modeling.skops_trusted_types(config.estimator),
+        )
+        version = str(logged.registered_model_version)
+        client = mlflow.client()
+        for key, value in {**lineage, "estimator": config.estimator}.items():
+            client.set_model_version_tag(mlflow.model_name, version, key, value)
+        client.set_registered_model_alias(mlflow.model_name, registry.CHALLENGER, version)
+        run_id = run.info.run_id
+
+    ref = registry.ModelRef(mlflow.model_name, version, run_id, config.estimator)
+    return dg.Output(
+        ref,
+        metadata={
+            "model_uri": ref.uri,
+            "model_version": int(version),
+            "mlflow_run_id": run_id,
+            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
+            "estimator": config.estimator,
+            "params": dg.MetadataValue.json(search.best_params),
+            f"cv_{config.metric}": search.best_score
+            if search.best_score is not None
+            else float("nan"),
+            **{f"validation_{k}": float(v) for k, v in validation_metrics.items()},
+            "trials": len(search.trials),
+            **lineage,
+        },
+    )
