@@ -96,8 +96,27 @@ def _skip_day(context: dg.AssetExecutionContext, day: str, reason: str) -> None:
 # Predictions
 
 
+def _ensure_table(warehouse: DuckDBResource, table: str, frame) -> None:
+    """Create `table` with the frame's columns if it does not exist yet.
+
+    The DuckDB IO manager writes nothing for an empty frame, not even the table; downstream
+    inputs would then fail to load on a first run that met only empty days.
+    """
+    with warehouse.get_connection() as con:
+        con.register("empty_frame", frame)
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {dataset_spec.name}.{table} AS "
+            "SELECT * FROM empty_frame LIMIT 0"
+        )
+
+
 @dg.asset(**_daily, kinds={"duckdb", "scikitlearn", "mlflow"})
-def predictions(context: dg.AssetExecutionContext, mlflow: MlflowTracking, features):
+def predictions(
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowTracking,
+    warehouse: DuckDBResource,
+    features,
+):
     """Each day's records scored by the champion (and the challenger, when one is registered):
     one row per record per model with model name, version and alias, class and probability."""
     from mlops_assets.lib.monitoring import predict_long
@@ -111,6 +130,8 @@ def predictions(context: dg.AssetExecutionContext, mlflow: MlflowTracking, featu
         feature_columns=[*spec.categorical_features, *spec.numeric_features],
         model_name=mlflow.model_name,
     )
+    if frame.empty:
+        _ensure_table(warehouse, "predictions", frame)
     champion = _champion_rows(frame)
     by_day = champion.groupby(_day_of(champion))
     for day in _days(context):
@@ -207,9 +228,9 @@ def _read_reference(warehouse: DuckDBResource, config: DriftConfig):
 
 
 def _drift_row(day: str, result, n_reference: int, html: str) -> dict:
-    from mlops_assets.lib.monitoring import drift_score_column
-
     import pandas as pd
+
+    from mlops_assets.lib.monitoring import drift_score_column
 
     columns = result.columns
     row = {
@@ -270,7 +291,9 @@ def drift_report(
     if exclude is None:
         exclude = constant_within_batches(reference, _date, [*categorical, *numeric])
     if len(reference) > config.reference_sample_rows:
-        reference = reference.sample(config.reference_sample_rows, random_state=config.reference_seed)
+        reference = reference.sample(
+            config.reference_sample_rows, random_state=config.reference_seed
+        )
     champion = _champion_rows(predictions)
     scored_by = champion["model_version"].unique()
     if len(scored_by):
@@ -531,7 +554,11 @@ def monitoring_summary(
     worst = pd.concat(worst, ignore_index=True) if worst else pd.DataFrame()
     flagged = list(worst[_date]) if len(worst) else []
     png = plot_summary(
-        drift, perf, date_column=_date, path=reports.path("monitoring", "summary.png"), flagged=flagged
+        drift,
+        perf,
+        date_column=_date,
+        path=reports.path("monitoring", "summary.png"),
+        flagged=flagged,
     )
     monthly = []
     for frame, columns in (

@@ -73,3 +73,28 @@ def range_tags(start: str, end: str) -> dict[str, str]:
         "dagster/asset_partition_range_start": start,
         "dagster/asset_partition_range_end": end,
     }
+
+
+@pytest.fixture
+def mlflow_resource(tmp_path: Path):
+    from mlops_assets.resources import MlflowTracking
+
+    return MlflowTracking(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "mlartifacts"),
+        model_name="test_model",
+    )
+
+
+@pytest.fixture
+def lifecycle_resources(tmp_path: Path, sample_csv: Path, mlflow_resource) -> dict:
+    """Every resource of the platform, on tmp_path, over the 14-day sample."""
+    from mlops_assets.resources import ReportStore
+    from mlops_assets.training import OBJECT_IO_MANAGER
+
+    return {
+        **make_resources_at(tmp_path, sample_csv),
+        "mlflow": mlflow_resource,
+        "reports": ReportStore(directory=str(tmp_path / "reports")),
+        OBJECT_IO_MANAGER: dg.FilesystemIOManager(base_dir=str(tmp_path / "objects")),
+    }

@@ -1,0 +1,169 @@
+"""training_set -> model -> evaluation -> champion_model with real DuckDB, MLflow and Dagster."""
+
+import dagster as dg
+import duckdb
+import mlflow
+import pytest
+
+from mlops_assets import evaluation, features, ingestion, promotion, training, validation
+from mlops_assets.lib import registry
+from mlops_assets_tests.conftest import SAMPLE_DAYS, range_tags
+
+TRAINING_ASSETS = [
+    training.training_set,
+    training.model,
+    evaluation.evaluation,
+    evaluation.feature_importance,
+    promotion.champion_model,
+]
+WINDOW = {"start": "2013-01-01", "end": f"2013-01-{SAMPLE_DAYS}"}
+
+
+def run_config(min_lift=0.0, promote=False, **model):
+    model = {"search": "random", "n_trials": 2, "cv_splits": 2, **model}
+    return {
+        "ops": {
+            "training_set": {"config": WINDOW},
+            "model": {"config": model},
+            "evaluation": {"config": {"min_lift_over_baseline": min_lift}},
+            "feature_importance": {"config": {"n_repeats": 2}},
+            "champion_model": {"config": {"promote_challenger": promote}},
+        }
+    }
+
+
+@pytest.fixture
+def features_stored(lifecycle_resources, instance):
+    result = dg.materialize(
+        [ingestion.raw_records, validation.validate_records, features.features],
+        tags=range_tags("2013-01-01", f"2013-01-{SAMPLE_DAYS}"),
+        resources=lifecycle_resources,
+        instance=instance,
+    )
+    assert result.success
+    return lifecycle_resources
+
+
+def train(resources, instance, **kwargs):
+    return dg.materialize(
+        TRAINING_ASSETS,
+        resources=resources,
+        instance=instance,
+        run_config=run_config(**kwargs),
+        raise_on_error=False,
+    )
+
+
+def test_training_registers_a_tracked_champion(features_stored, instance, mlflow_resource):
+    result = train(features_stored, instance)
+    assert result.success
+    client = mlflow_resource.client()
+    version = client.get_model_version("test_model", "1")
+    assert set(version.aliases) == {"champion", "challenger"}
+    assert version.tags["evaluation_gates"] == "passed"
+    assert version.tags["data_window"] == f"2013-01-01..2013-01-{SAMPLE_DAYS}"
+
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dagster_run_id"] == result.run_id
+    assert len(run.data.tags["data_hash"]) == 64 and run.data.tags["code_version"]
+    assert 0.0 <= run.data.metrics["test_roc_auc"] <= 1.0
+    trials = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert len(trials) == 2 and all("cv_roc_auc" in t.data.metrics for t in trials)
+    assert mlflow.active_run() is None
+
+    (materialization,) = result.asset_materializations_for_node("model")
+    assert materialization.metadata["mlflow_run_id"].value == run.info.run_id
+    assert run.info.run_id in materialization.metadata["mlflow_run"].value
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/roc_curve.png", "evaluation/metrics.json"} <= artifacts
+
+    champion = registry.version_for_alias(client, "test_model", "champion")
+    pipeline = registry.load_pipeline(champion)
+    with duckdb.connect(features_stored["warehouse"].database, read_only=True) as con:
+        test = con.sql("SELECT * FROM flights.training_set WHERE split = 'test'").df()
+        splits = con.sql(
+            "SELECT split, min(flight_date), max(flight_date) FROM flights.training_set GROUP BY 1"
+        ).fetchall()
+    assert pipeline.predict_proba(test.head(3)).shape == (3, 2)
+    bounds = {name: (low, high) for name, low, high in splits}
+    assert (
+        bounds["train"][1] < bounds["validation"][0] <= bounds["validation"][1] < bounds["test"][0]
+    )
+
+
+def test_a_failing_gate_blocks_promotion(features_stored, instance, mlflow_resource):
+    result = train(features_stored, instance, min_lift=1.0)
+    assert not result.asset_materializations_for_node("champion_model")
+    client = mlflow_resource.client()
+    version = client.get_model_version("test_model", "1")
+    assert version.aliases == ["challenger"]
+    assert version.tags["evaluation_gates"] == "failed"
+    manual = dg.materialize(
+        TRAINING_ASSETS,
+        selection=[promotion.champion_model],
+        resources=features_stored,
+        instance=instance,
+        run_config={"ops": {"champion_model": {"config": {"promote_challenger": True}}}},
+        raise_on_error=False,
+    )
+    (failure,) = [e for e in manual.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "version 1 cannot be promoted: its evaluation gates are failed" in str(
+        failure.step_failure_data.error.cause.message
+    )
+    assert client.get_model_version("test_model", "1").aliases == ["challenger"]
+
+
+def test_a_challenger_waits_then_is_promoted_by_hand_with_an_audit(
+    features_stored, instance, mlflow_resource
+):
+    assert train(features_stored, instance).success
+    assert train(features_stored, instance, estimator="random_forest", search="none").success
+    client = mlflow_resource.client()
+    assert registry.version_for_alias(client, "test_model", "champion").version == "1"
+    assert registry.version_for_alias(client, "test_model", "challenger").version == "2"
+
+    promoted = train(features_stored, instance, search="none", promote=True)
+    assert promoted.success
+    assert registry.version_for_alias(client, "test_model", "champion").version == "3"
+    with duckdb.connect(features_stored["warehouse"].database, read_only=True) as con:
+        audit = con.sql(
+            "SELECT version, previous_version, reason FROM flights.promotion_audit ORDER BY promoted_at"
+        ).fetchall()
+    assert audit == [
+        ("1", "none", "first model to pass the evaluation gates"),
+        ("3", "1", "promoted by hand"),
+    ]
+    assert client.get_model_version("test_model", "3").tags["previous_champion"] == "1"
+
+
+def test_a_failed_training_ends_its_mlflow_run_failed(features_stored, instance, mlflow_resource):
+    result = train(features_stored, instance, params={"no_such_param": 1})
+    assert not result.success
+    client = mlflow_resource.client()
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("mlops_assets").experiment_id],
+        f"tags.dagster_run_id = '{result.run_id}'",
+    )
+    assert run.info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_missing_feature_days_are_named(lifecycle_resources, instance):
+    dg.materialize(
+        [ingestion.raw_records, validation.validate_records, features.features],
+        tags=range_tags("2013-01-01", "2013-01-05"),
+        resources=lifecycle_resources,
+        instance=instance,
+    )
+    result = dg.materialize(
+        [training.training_set],
+        resources=lifecycle_resources,
+        instance=instance,
+        run_config={"ops": {"training_set": {"config": WINDOW}}},
+        raise_on_error=False,
+    )
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "features are missing for 9 day(s)" in str(failure.step_failure_data.error.message)
