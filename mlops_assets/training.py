@@ -50,6 +50,23 @@ class ModelConfig(dg.Config):
     seed: int = Field(default=0, description="Random seed of the search and the estimator.")
 
 
+def window_dates(config: TrainingSetConfig) -> tuple[dt.date, dt.date]:
+    """The configured window, refused with the reason if empty or outside the data."""
+    spec = dataset_spec
+    try:
+        start, end = dt.date.fromisoformat(config.start), dt.date.fromisoformat(config.end)
+    except ValueError as error:
+        raise dg.Failure(f"training window: {error} (expected YYYY-MM-DD)") from None
+    if end < start:
+        raise dg.Failure(f"training window {start}..{end} is empty: end is before start")
+    if start < spec.date.start or end > spec.date.end:
+        raise dg.Failure(
+            f"training window {start}..{end} is outside the data "
+            f"({spec.date.start}..{spec.date.end})"
+        )
+    return start, end
+
+
 @dg.asset(
     deps=[features],
     group_name="training",
@@ -66,7 +83,7 @@ def training_set(
     from mlops_assets.lib.sources import to_pandas
 
     spec = dataset_spec
-    start, end = dt.date.fromisoformat(config.start), dt.date.fromisoformat(config.end)
+    start, end = window_dates(config)
     date = spec.date.column
     with warehouse.get_connection() as con:
         # The date filter runs inside DuckDB: only the window's rows are read.

@@ -313,18 +313,24 @@ def test_the_job_runs_a_range_as_one_run_and_the_summary_plots_it(env):
 
 
 def test_the_schedule_monitors_yesterday_of_the_replayed_date(env, monkeypatch):
-    schedule = dg.Definitions(
+    defs = dg.Definitions(
         assets=[FEATURES_TABLE, *monitoring.monitoring_assets],
         jobs=[monitoring.monitoring_job],
         schedules=[monitoring.monitoring_schedule],
         resources=env["resources"],
-    ).resolve_schedule_def("monitoring_schedule")
+    )
+    schedule = defs.resolve_schedule_def("monitoring_schedule")
+    tick = dt.datetime(2026, 11, 23, 6)
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     monkeypatch.setenv(REPLAY_DATE_ENV, "2013-09-15")
-    with dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 23)) as context:
+    with dg.build_schedule_context(
+        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    ) as context:
         [request] = schedule.evaluate_tick(context).run_requests
     assert request.partition_key == "2013-09-14"
     monkeypatch.delenv(REPLAY_DATE_ENV)
-    with dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 23)) as context:
+    with dg.build_schedule_context(
+        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    ) as context:
         data = schedule.evaluate_tick(context)
     assert not data.run_requests and REPLAY_DATE_ENV in data.skip_message

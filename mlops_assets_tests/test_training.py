@@ -130,7 +130,8 @@ def test_a_challenger_waits_then_is_promoted_by_hand_with_an_audit(
     assert registry.version_for_alias(client, "test_model", "champion").version == "3"
     with duckdb.connect(features_stored["warehouse"].database, read_only=True) as con:
         audit = con.sql(
-            "SELECT version, previous_version, reason FROM flights.promotion_audit ORDER BY promoted_at"
+            "SELECT version, previous_version, reason FROM flights.promotion_audit "
+            "ORDER BY promoted_at"
         ).fetchall()
     assert audit == [
         ("1", "none", "first model to pass the evaluation gates"),
@@ -167,3 +168,35 @@ def test_missing_feature_days_are_named(lifecycle_resources, instance):
     )
     (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert "features are missing for 9 day(s)" in str(failure.step_failure_data.error.message)
+
+
+def failure_message(result) -> str:
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    error = failure.step_failure_data.error
+    return str(error.message) + str(error.cause.message if error.cause else "")
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ({"start": "2013-03-01", "end": "2013-02-01"}, "is empty: end is before start"),
+        ({"start": "2012-12-01", "end": "2013-01-31"}, "is outside the data"),
+        ({"start": "2013-13-01", "end": "2013-01-31"}, "expected YYYY-MM-DD"),
+    ],
+)
+def test_bad_windows_fail_before_any_work(lifecycle_resources, instance, window, message):
+    result = dg.materialize(
+        [training.training_set],
+        resources=lifecycle_resources,
+        instance=instance,
+        run_config={"ops": {"training_set": {"config": window}}},
+        raise_on_error=False,
+    )
+    assert message in failure_message(result)
+
+
+def test_unknown_estimator_or_parameter_is_refused(features_stored, instance):
+    with pytest.raises(dg.DagsterInvalidConfigError, match="estimator"):
+        train(features_stored, instance, estimator="xgboost")
+    result = train(features_stored, instance, params={"max_depth": "deep", "nope": 1})
+    assert "nope" in failure_message(result)
