@@ -12,7 +12,7 @@ setup:  ## install uv if missing, then the locked environment into .venv
 run: setup data  ## set up, then run the pipeline on the embedded dataset
 
 data:  ## ingest, validate and build features for every day of 2013, as one run
-	$(RUN) dagster asset materialize -m mlops_assets --select 'raw_records*' \
+	$(RUN) dagster asset materialize -m mlops_assets --select 'group:ingestion or group:validation or group:features' \
 		--partition-range 2013-01-01...2013-12-31
 
 dev:  ## the Dagster UI and daemon on http://127.0.0.1:3000

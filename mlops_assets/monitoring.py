@@ -609,10 +609,8 @@ def monitoring_schedule(context: dg.ScheduleEvaluationContext):
     """
     from mlops_assets.lib.monitoring import today
 
-    if os.environ.get(REPLAY_DATE_ENV):
-        now = today()
-    else:
-        now = context.scheduled_execution_time.date()
+    replaying = bool(os.environ.get(REPLAY_DATE_ENV))
+    now = today() if replaying else context.scheduled_execution_time.date()
     first, last = dataset_spec.date.start, dataset_spec.date.end
     newest = now - dt.timedelta(days=1)
     labelled = now - dt.timedelta(days=DEFAULT_LABEL_DELAY_DAYS)

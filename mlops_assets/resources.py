@@ -58,6 +58,17 @@ class DatasetSource(dg.ConfigurableResource):
         staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
         return read_dates(staged, spec.date.column, start, end)
 
+    def dates(self, spec: DatasetSpec) -> list[dt.date]:
+        """The distinct dates the source holds (staging it first if its content changed)."""
+        import duckdb
+
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        with duckdb.connect() as con:
+            rows = con.execute(
+                f"SELECT DISTINCT {spec.date.column} FROM read_parquet(?) ORDER BY 1", [str(staged)]
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def lookup(self, spec: DatasetSpec, name: str) -> pd.DataFrame:
         """A lookup table's rows, every column as text."""
         from mlops_assets.lib.sources import read_all

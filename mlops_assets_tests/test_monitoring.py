@@ -27,6 +27,8 @@ from mlops_assets_tests.conftest import ROWS_PER_DAY, make_resources_at, range_t
 
 MODEL = "flights_model"
 DAILY = [monitoring.predictions, monitoring.drift_report, monitoring.performance]
+SCORED = [monitoring.predictions, monitoring.performance]
+DRIFT = [monitoring.predictions, monitoring.drift_report]
 # Reference for most tests: the features of Jan 1-7 (the days the model was trained on).
 WINDOW = {"reference_start": "2013-01-01", "reference_end": "2013-01-08"}
 # The features table as an upstream these runs read but never build (the world built it).
@@ -74,6 +76,7 @@ def world(tmp_path_factory, flights_rows):
             name="model",
             registered_model_name=MODEL,
             skops_trusted_types=skops_trusted_types("logistic_regression"),
+            pip_requirements=["scikit-learn"],  # skips inferring them (a uv export, seconds)
         )
     mlflow.end_run()
     client.set_registered_model_alias(MODEL, "champion", "1")
@@ -82,11 +85,10 @@ def world(tmp_path_factory, flights_rows):
     return {"root": root, "uri": uri, "reference": reference}
 
 
-@pytest.fixture
-def env(world, tmp_path, instance):
-    """Resources on a private copy of the world's warehouse, and the test instance."""
-    shutil.copy(world["root"] / "warehouse.duckdb", tmp_path / "warehouse.duckdb")
-    resources = make_resources_at(tmp_path, tmp_path / "unused.csv")
+def make_env(world, directory: Path, instance) -> dict:
+    """Resources on a private copy of the world's warehouse, and the instance."""
+    shutil.copy(world["root"] / "warehouse.duckdb", directory / "warehouse.duckdb")
+    resources = make_resources_at(directory, directory / "unused.csv")
     resources |= {
         "mlflow": MlflowTracking(
             tracking_uri=world["uri"],
@@ -94,12 +96,47 @@ def env(world, tmp_path, instance):
             experiment_name="test",
             model_name=MODEL,
         ),
-        "reports": ReportStore(directory=str(tmp_path / "reports")),
+        "reports": ReportStore(directory=str(directory / "reports")),
         "evidently": EvidentlyWorkspace(
-            directory=str(tmp_path / "evidently"), project_name="flights drift"
+            directory=str(directory / "evidently"), project_name="flights drift"
         ),
     }
-    return {"resources": resources, "instance": instance, "dir": tmp_path}
+    return {"resources": resources, "instance": instance, "dir": directory}
+
+
+@pytest.fixture
+def env(world, tmp_path, instance):
+    return make_env(world, tmp_path, instance)
+
+
+def definitions(env) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[FEATURES_TABLE, *monitoring.monitoring_assets],
+        jobs=[monitoring.monitoring_job],
+        schedules=[monitoring.monitoring_schedule],
+        resources=env["resources"],
+    )
+
+
+@pytest.fixture(scope="module")
+def ranged(world, tmp_path_factory):
+    """monitoring_job over Jan 8-10 as one run (read-only for the tests that use it)."""
+    with dg.instance_for_test() as instance:
+        env = make_env(world, tmp_path_factory.mktemp("ranged"), instance)
+        defs = definitions(env)
+        dg.Definitions.validate_loadable(defs)
+        result = defs.resolve_job_def("monitoring_job").execute_in_process(
+            instance=instance,
+            tags=range_tags("2013-01-08", "2013-01-10"),
+            run_config={
+                "ops": {
+                    "drift_report": {"config": WINDOW},
+                    "performance": {"config": {"min_labelled_records": 1}},
+                }
+            },
+        )
+        assert result.success
+        yield env | {"result": result}
 
 
 def run(env, assets=DAILY, start="2013-01-08", end=None, drift=None, perf=None, **kwargs):
@@ -160,9 +197,8 @@ def test_predictions_carry_the_model_version_and_a_rerun_replaces_a_day(env):
     assert meta["champion_version"].value == "1" and meta["challenger_version"].value == "2"
 
 
-def test_a_range_reports_its_numbers_per_day_in_the_event_log(env):
-    result = run(env, start="2013-01-08", end="2013-01-10")
-    assert result.success
+def test_a_range_reports_its_numbers_per_day_in_the_event_log(ranged):
+    result, env = ranged["result"], ranged
     stored = dict(
         sql(env, "SELECT strftime(flight_date, '%Y-%m-%d'), drift_share FROM flights.drift_report")
     )
@@ -180,22 +216,25 @@ def test_a_range_reports_its_numbers_per_day_in_the_event_log(env):
     assert {d: m["brier"] for d, m in per_partition(result, "performance").items()} == dict(perf)
 
 
-def test_html_for_the_last_day_only_and_snapshots_in_the_workspace(env):
+def test_html_for_the_last_day_only_and_snapshots_in_the_workspace(ranged):
     from evidently.ui.workspace import Workspace
 
-    assert run(env, start="2013-01-08", end="2013-01-10").success
-    assert sorted(p.name for p in (env["dir"] / "reports" / "drift").iterdir()) == [
-        "2013-01-10.html"
-    ]
-    result = run(env, start="2013-01-09")  # re-run a day: its snapshot is replaced
-    meta = per_partition(result, "drift_report")["2013-01-09"]
-    assert Path(meta["html_report"]).stat().st_size > 100_000
-    workspace = Workspace(str(env["dir"] / "evidently"))
+    reports = ranged["dir"] / "reports" / "drift"
+    assert sorted(p.name for p in reports.iterdir()) == ["2013-01-10.html"]
+    meta = per_partition(ranged["result"], "drift_report")
+    assert Path(meta["2013-01-10"]["html_report"]).stat().st_size > 100_000
+    assert "html_report" not in meta["2013-01-09"]
+    workspace = Workspace(str(ranged["dir"] / "evidently"))
     [project] = workspace.search_project("flights drift")
-    stamps = sorted(
-        workspace.get_run(project.id, i).timestamp for i in workspace.list_runs(project.id)
-    )
-    assert stamps == [dt.datetime(2013, 1, d) for d in (8, 9, 10)]
+    runs = [workspace.get_run(project.id, i) for i in workspace.list_runs(project.id)]
+    assert sorted(r.timestamp for r in runs) == [dt.datetime(2013, 1, d) for d in (8, 9, 10)]
+
+
+def test_the_summary_plots_the_monitored_days(ranged):
+    meta = ranged["result"].asset_materializations_for_node("monitoring_summary")[0].metadata
+    assert Path(meta["plot"].value).read_bytes()[:4] == b"\x89PNG"
+    assert meta["days_with_drift"].value == 3 and meta["days_with_performance"].value == 3
+    assert "2013-01" in meta["monthly"].value and "high drift" in meta["worst_days"].value
 
 
 def test_identical_frames_do_not_drift_and_a_shifted_column_does(env):
@@ -207,7 +246,7 @@ def test_identical_frames_do_not_drift_and_a_shifted_column_does(env):
             f"FROM flights.features WHERE flight_date = '{day}'"
         )
     same = {"html": "none"}
-    assert run(env, start=day, drift=same).success
+    assert run(env, DRIFT, start=day, drift=same).success
     [(share, pred_score, drifted)] = sql(
         env, "SELECT drift_share, prediction_drift_score, drifted_columns FROM flights.drift_report"
     )
@@ -223,18 +262,23 @@ def test_identical_frames_do_not_drift_and_a_shifted_column_does(env):
             f"UPDATE flights.features SET {column} = {column} + 10 * "
             f"(SELECT stddev({column}) FROM flights.features) WHERE flight_date = '{day}'"
         )
-    result = run(env, start=day, drift=same)
+    result = run(env, DRIFT, start=day, drift=same)
     assert result.success
     rows = sql(env, f"SELECT drifted_columns, drift_score__{column} FROM flights.drift_report")
     assert len(rows) == 1  # the day's row was replaced
     assert rows[0][0] == column and rows[0][1] > 1.0
     assert per_partition(result, "drift_report")[day]["n_drifted_columns"] == 1
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace(str(env["dir"] / "evidently"))
+    [project] = workspace.search_project("flights drift")
+    assert len(workspace.list_runs(project.id)) == 1  # the day's snapshot was replaced too
 
 
 def test_the_label_delay_is_respected(env, monkeypatch):
     monkeypatch.setenv(REPLAY_DATE_ENV, "2013-01-10")
     perf = {"label_delay_days": 2, "min_labelled_records": 1}
-    result = run(env, start="2013-01-08", end="2013-01-10", perf=perf)
+    result = run(env, SCORED, start="2013-01-08", end="2013-01-10", perf=perf)
     assert result.success
     days = "SELECT strftime(flight_date, '%d') FROM flights.performance ORDER BY 1"
     assert sql(env, days) == [("08",)]
@@ -242,22 +286,21 @@ def test_the_label_delay_is_respected(env, monkeypatch):
     assert skipped["2013-01-10"]["skipped"].startswith("labels pending: usable from 2013-01-12")
 
     monkeypatch.setenv(REPLAY_DATE_ENV, "2013-01-12")
-    assert run(env, start="2013-01-08", end="2013-01-10", perf=perf).success
+    assert run(env, SCORED, start="2013-01-08", end="2013-01-10", perf=perf).success
     assert sql(env, days) == [("08",), ("09",), ("10",)]
 
 
-def test_performance_matches_an_independent_computation_and_the_check_warns(env, world):
-    result = run(env, start="2013-01-08", end="2013-01-10")
-    assert result.success
+def test_performance_matches_an_independent_computation_and_the_check_warns(ranged, world, env):
+    result = ranged["result"]
     labelled = sql(
-        env,
+        ranged,
         "SELECT f.is_delayed, p.probability FROM flights.predictions p JOIN flights.features f "
         "USING (flight_date, carrier, flight, sched_dep_time) WHERE p.model_alias = 'champion' "
         "AND f.is_delayed IS NOT NULL AND p.flight_date = '2013-01-09'",
     )
     y, p = np.array(labelled).T
     [(brier, positive_rate, n, version)] = sql(
-        env,
+        ranged,
         "SELECT brier, positive_rate, n, model_version FROM flights.performance "
         "WHERE flight_date = '2013-01-09'",
     )
@@ -269,16 +312,18 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(env,
     assert warned.metadata["days_below"].value == 3
 
     lenient = {"min_labelled_records": 1, "watched_metrics": ["roc_auc"], "max_relative_drop": 1.0}
-    assert check(run(env, start="2013-01-08", perf=lenient), monitoring.PERFORMANCE_CHECK).passed
+    assert check(
+        run(env, SCORED, start="2013-01-08", perf=lenient), monitoring.PERFORMANCE_CHECK
+    ).passed
 
 
 def test_drift_check_warns_above_the_threshold(env):
-    strict = {**WINDOW, "drift_share_threshold": 0.01, "categorical_threshold": 0.0}
-    warned = check(run(env, start="2013-01-09", drift=strict), monitoring.DRIFT_CHECK)
+    strict = {**WINDOW, "html": "none", "drift_share_threshold": 0.01, "categorical_threshold": 0.0}
+    warned = check(run(env, DRIFT, start="2013-01-09", drift=strict), monitoring.DRIFT_CHECK)
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.metadata["days_over_threshold"].value == 1
-    lenient = {**WINDOW, "numeric_threshold": 100.0, "categorical_threshold": 1.0}
-    assert check(run(env, start="2013-01-09", drift=lenient), monitoring.DRIFT_CHECK).passed
+    lenient = {**WINDOW, "html": "none", "numeric_threshold": 100.0, "categorical_threshold": 1.0}
+    assert check(run(env, DRIFT, start="2013-01-09", drift=lenient), monitoring.DRIFT_CHECK).passed
 
 
 def test_a_day_without_records_is_skipped_with_a_message(env):
@@ -291,34 +336,8 @@ def test_a_day_without_records_is_skipped_with_a_message(env):
     assert ("drift_report",) not in tables and ("performance",) not in tables
 
 
-def test_the_job_runs_a_range_as_one_run_and_the_summary_plots_it(env):
-    defs = dg.Definitions(
-        assets=[FEATURES_TABLE, *monitoring.monitoring_assets],
-        jobs=[monitoring.monitoring_job],
-        schedules=[monitoring.monitoring_schedule],
-        resources=env["resources"],
-    )
-    dg.Definitions.validate_loadable(defs)
-    job = defs.resolve_job_def("monitoring_job")
-    result = job.execute_in_process(
-        instance=env["instance"],
-        tags=range_tags("2013-01-08", "2013-01-10"),
-        run_config={"ops": {"drift_report": {"config": WINDOW}}},
-    )
-    assert result.success
-    meta = result.asset_materializations_for_node("monitoring_summary")[0].metadata
-    assert Path(meta["plot"].value).read_bytes()[:4] == b"\x89PNG"
-    assert meta["days_with_drift"].value == 3
-    assert "2013-01" in meta["monthly"].value and "high drift" in meta["worst_days"].value
-
-
 def test_the_schedule_monitors_yesterday_of_the_replayed_date(env, monkeypatch):
-    defs = dg.Definitions(
-        assets=[FEATURES_TABLE, *monitoring.monitoring_assets],
-        jobs=[monitoring.monitoring_job],
-        schedules=[monitoring.monitoring_schedule],
-        resources=env["resources"],
-    )
+    defs = definitions(env)
     schedule = defs.resolve_schedule_def("monitoring_schedule")
     tick = dt.datetime(2026, 11, 23, 6)
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED

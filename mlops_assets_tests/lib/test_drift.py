@@ -126,6 +126,16 @@ def test_quiet_run_matches_rendered_run(reference, tmp_path):
     assert text.rstrip().endswith("</html>")
 
 
+def test_our_count_matches_evidentlys_drifted_columns_count(reference):
+    # A quiet run counts drifted columns from the ValueDrift flags; a rendered run also runs
+    # Evidently's DriftedColumnsCount and raises if the two disagree.
+    current = _frame(400, seed=12, x_shift=1.5, groups=(0.1, 0.2, 0.7))
+    rendered = _drift(reference, current, render=True)
+    quiet = _drift(reference, current)
+    assert rendered.n_drifted == quiet.n_drifted == 2
+    assert quiet.drift_share == pytest.approx(2 / 3)
+
+
 def test_html_written_only_when_asked(reference, tmp_path):
     _drift(reference, _frame(300, seed=6))
     assert list(tmp_path.iterdir()) == []

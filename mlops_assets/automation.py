@@ -1,0 +1,172 @@
+"""Closing the loop: retraining on drift or decay, ingesting new days, and the schedules.
+
+Sensors read Dagster's own event log (the per-day metadata that monitoring writes), never the
+DuckDB file: a tick costs a few small queries and never waits on a run holding the DuckDB lock.
+"""
+
+import datetime as dt
+import json
+
+import dagster as dg
+
+from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule
+from mlops_assets.partitions import dataset_spec
+from mlops_assets.resources import DatasetSource
+
+RETRAIN_REASON_TAG = "mlops/retrain_reason"
+RETRAIN_EVIDENCE_TAG = "mlops/retrain_evidence"
+REPLAY_NOTE = "in replay (MLOPS_REPLAY_DATE) 'today' is the replay date"
+CURSOR_DAYS_KEPT = 180
+
+
+def _new_partition_metadata(instance: dg.DagsterInstance, asset: str, after: int | None):
+    """(storage id, partition, metadata) of materializations of `asset` after `after`."""
+    records, cursor, has_more = [], None, True
+    while has_more:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=after),
+            limit=1000,
+            cursor=cursor,
+            ascending=True,
+        )
+        records.extend(result.records)
+        cursor, has_more = result.cursor, result.has_more
+    return [
+        (r.storage_id, r.asset_materialization.partition, r.asset_materialization.metadata)
+        for r in records
+        if r.asset_materialization and r.asset_materialization.partition
+    ]
+
+
+def _value(metadata, key: str) -> float | None:
+    entry = metadata.get(key)
+    return float(entry.value) if entry is not None and entry.value is not None else None
+
+
+def build_retraining_sensor(
+    rule: RetrainingRule, job_name: str = "training_job", name: str = "retraining_sensor"
+) -> dg.SensorDefinition:
+    """A sensor that requests `job_name` when `rule` holds over the monitored days.
+
+    The cursor keeps the event-log position per asset, the recent days' numbers and the day of
+    the last retraining (the cooldown), so restarts neither miss nor repeat anything; the
+    run_key (the streak's last day) makes a duplicate request a no-op.
+    """
+
+    @dg.sensor(
+        name=name,
+        job_name=job_name,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Retrain when drift share > {rule.max_drift_share} or ROC AUC < "
+        f"{rule.min_auc_ratio} x the test ROC AUC on {rule.consecutive_days} consecutive days; "
+        f"cooldown {rule.cooldown_days} days; trains on the latest {rule.window_days} days.",
+    )
+    def retraining_sensor(context: dg.SensorEvaluationContext):
+        state = json.loads(context.cursor) if context.cursor else {}
+        after, days = state.get("after", {}), state.get("days", {})
+        for asset, keys in (
+            ("drift_report", ["drift_share"]),
+            ("performance", ["roc_auc", "reference_roc_auc"]),
+        ):
+            for storage_id, day, metadata in _new_partition_metadata(
+                context.instance, asset, after.get(asset)
+            ):
+                entry = days.setdefault(day, {})
+                entry.update({k: _value(metadata, k) for k in keys if k in metadata})
+                after[asset] = storage_id
+        kept = sorted(days)[-CURSOR_DAYS_KEPT:]
+        days = {d: days[d] for d in kept}
+        last_retrain = state.get("last_retrain")
+        results = [
+            DayResult(
+                dt.date.fromisoformat(day),
+                drift_share=v.get("drift_share"),
+                roc_auc=v.get("roc_auc"),
+                reference_auc=v.get("reference_roc_auc"),
+            )
+            for day, v in days.items()
+        ]
+        decision = evaluate_rule(
+            results,
+            rule,
+            last_retrain=dt.date.fromisoformat(last_retrain) if last_retrain else None,
+        )
+        if decision.retrain:
+            start, end = decision.training_window(rule)
+            start = max(start, dataset_spec.date.start)
+            last_retrain = str(decision.last_day)
+            context.update_cursor(
+                json.dumps({"after": after, "days": days, "last_retrain": last_retrain})
+            )
+            return dg.RunRequest(
+                run_key=f"retrain-{decision.last_day}",
+                run_config={
+                    "ops": {"training_set": {"config": {"start": str(start), "end": str(end)}}}
+                },
+                tags={
+                    RETRAIN_REASON_TAG: decision.reason,
+                    RETRAIN_EVIDENCE_TAG: decision.evidence()[:4000],
+                    "mlops/training_window": f"{start}..{end}",
+                },
+            )
+        context.update_cursor(
+            json.dumps({"after": after, "days": days, "last_retrain": last_retrain})
+        )
+        return dg.SkipReason(decision.reason)
+
+    return retraining_sensor
+
+
+retraining_sensor = build_retraining_sensor(RetrainingRule())
+
+
+@dg.sensor(
+    job_name="daily_job",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Ingest and monitor the days up to today that the source holds and the "
+    f"warehouse does not ({REPLAY_NOTE}).",
+)
+def new_data_sensor(context: dg.SensorEvaluationContext, source: DatasetSource):
+    """Requests one run over the source's days (up to today) not materialized yet."""
+    from mlops_assets.lib.monitoring import today
+
+    spec = dataset_spec
+    now = today()
+    done = context.instance.get_materialized_partitions(dg.AssetKey("raw_records"))
+    available = source.dates(spec)
+    missing = sorted(d for d in available if d < now and d.isoformat() not in done)
+    if not missing:
+        return dg.SkipReason(f"no new days in the source before {now}")
+    first, last = missing[0].isoformat(), missing[-1].isoformat()
+    return dg.RunRequest(
+        run_key=f"new-data-{first}-{last}-{len(missing)}",
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+            "mlops/new_days": str(len(missing)),
+        },
+    )
+
+
+@dg.schedule(
+    cron_schedule="0 3 1 * *",
+    job_name="training_job",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Retrain on the latest 90 days with labels, on the first of each month "
+    f"({REPLAY_NOTE}). The new model is a challenger until it wins the A/B test.",
+)
+def monthly_retraining_schedule(context: dg.ScheduleEvaluationContext):
+    from mlops_assets.lib.monitoring import today
+
+    spec = dataset_spec
+    end = min(today() - dt.timedelta(days=2), spec.date.end)
+    start = max(end - dt.timedelta(days=RetrainingRule().window_days - 1), spec.date.start)
+    if end < start:
+        return dg.SkipReason(f"no labelled days before {today()}")
+    return dg.RunRequest(
+        run_key=f"monthly-retrain-{end}",
+        run_config={"ops": {"training_set": {"config": {"start": str(start), "end": str(end)}}}},
+        tags={RETRAIN_REASON_TAG: "monthly schedule", "mlops/training_window": f"{start}..{end}"},
+    )
