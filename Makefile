@@ -3,13 +3,16 @@ export DAGSTER_HOME := $(CURDIR)
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 
-.PHONY: setup run data dev test lint format bench clean
+.PHONY: setup run lifecycle data dev mlflow evidently test lint format bench clean
 
 setup:  ## install uv if missing, then the locked environment into .venv
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
 	$(UV) sync --frozen
 
-run: setup data  ## set up, then run the pipeline on the embedded dataset
+run: setup lifecycle  ## set up, then run the whole lifecycle on the embedded dataset
+
+lifecycle:  ## data -> champion -> monitoring -> retraining -> challenger -> A/B -> promotion
+	$(RUN) python -m mlops_assets.lifecycle
 
 data:  ## ingest, validate and build features for every day of 2013, as one run
 	$(RUN) dagster asset materialize -m mlops_assets --select 'group:ingestion or group:validation or group:features' \
@@ -17,6 +20,12 @@ data:  ## ingest, validate and build features for every day of 2013, as one run
 
 dev:  ## the Dagster UI and daemon on http://127.0.0.1:3000
 	$(RUN) dagster dev -h 127.0.0.1 -p 3000
+
+mlflow:  ## the MLflow UI on http://127.0.0.1:5000 (runs, trials, artifacts, registry)
+	$(RUN) mlflow ui --backend-store-uri sqlite:///data/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+evidently:  ## the Evidently UI on http://127.0.0.1:8000 (daily drift snapshots)
+	$(RUN) evidently ui --workspace data/evidently --host 127.0.0.1 --port 8000
 
 test: setup  ## the test suite
 	$(RUN) pytest -q

@@ -9,7 +9,7 @@ import json
 
 import dagster as dg
 
-from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule
+from mlops_assets.lib.automation import DayResult, RetrainDecision, RetrainingRule, evaluate_rule
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import DatasetSource
 
@@ -43,6 +43,61 @@ def _value(metadata, key: str) -> float | None:
     return float(entry.value) if entry is not None and entry.value is not None else None
 
 
+MONITORED = (("drift_report", ("drift_share",)), ("performance", ("roc_auc", "reference_roc_auc")))
+
+
+def collect_day_results(instance: dg.DagsterInstance, state: dict) -> dict:
+    """`state` (the sensor cursor) updated with the monitoring events logged since it was made."""
+    after, days = dict(state.get("after", {})), dict(state.get("days", {}))
+    for asset, keys in MONITORED:
+        for storage_id, day, metadata in _new_partition_metadata(instance, asset, after.get(asset)):
+            days[day] = {
+                **days.get(day, {}),
+                **{k: _value(metadata, k) for k in keys if k in metadata},
+            }
+            after[asset] = storage_id
+    days = {d: days[d] for d in sorted(days)[-CURSOR_DAYS_KEPT:]}
+    return {**state, "after": after, "days": days}
+
+
+def day_results(days: dict) -> list[DayResult]:
+    return [
+        DayResult(
+            dt.date.fromisoformat(day),
+            drift_share=values.get("drift_share"),
+            roc_auc=values.get("roc_auc"),
+            reference_auc=values.get("reference_roc_auc"),
+        )
+        for day, values in days.items()
+    ]
+
+
+def replay_retraining(instance: dg.DagsterInstance, rule: RetrainingRule) -> list[RetrainDecision]:
+    """The retrainings the sensor would have requested, had it ticked once per monitored day."""
+    results = day_results(collect_day_results(instance, {})["days"])
+    decisions, last = [], None
+    for newest in range(1, len(results) + 1):
+        decision = evaluate_rule(results[:newest], rule, last_retrain=last)
+        if decision.retrain:
+            decisions.append(decision)
+            last = decision.last_day
+    return decisions
+
+
+def retraining_request(decision: RetrainDecision, rule: RetrainingRule) -> dg.RunRequest:
+    start, end = decision.training_window(rule)
+    start = max(start, dataset_spec.date.start)
+    return dg.RunRequest(
+        run_key=f"retrain-{decision.last_day}",
+        run_config={"ops": {"training_set": {"config": {"start": str(start), "end": str(end)}}}},
+        tags={
+            RETRAIN_REASON_TAG: decision.reason,
+            RETRAIN_EVIDENCE_TAG: decision.evidence()[:4000],
+            "mlops/training_window": f"{start}..{end}",
+        },
+    )
+
+
 def build_retraining_sensor(
     rule: RetrainingRule, job_name: str = "training_job", name: str = "retraining_sensor"
 ) -> dg.SensorDefinition:
@@ -63,57 +118,20 @@ def build_retraining_sensor(
         f"cooldown {rule.cooldown_days} days; trains on the latest {rule.window_days} days.",
     )
     def retraining_sensor(context: dg.SensorEvaluationContext):
-        state = json.loads(context.cursor) if context.cursor else {}
-        after, days = state.get("after", {}), state.get("days", {})
-        for asset, keys in (
-            ("drift_report", ["drift_share"]),
-            ("performance", ["roc_auc", "reference_roc_auc"]),
-        ):
-            for storage_id, day, metadata in _new_partition_metadata(
-                context.instance, asset, after.get(asset)
-            ):
-                entry = days.setdefault(day, {})
-                entry.update({k: _value(metadata, k) for k in keys if k in metadata})
-                after[asset] = storage_id
-        kept = sorted(days)[-CURSOR_DAYS_KEPT:]
-        days = {d: days[d] for d in kept}
-        last_retrain = state.get("last_retrain")
-        results = [
-            DayResult(
-                dt.date.fromisoformat(day),
-                drift_share=v.get("drift_share"),
-                roc_auc=v.get("roc_auc"),
-                reference_auc=v.get("reference_roc_auc"),
-            )
-            for day, v in days.items()
-        ]
+        state = collect_day_results(
+            context.instance, json.loads(context.cursor) if context.cursor else {}
+        )
+        last = state.get("last_retrain")
         decision = evaluate_rule(
-            results,
+            day_results(state["days"]),
             rule,
-            last_retrain=dt.date.fromisoformat(last_retrain) if last_retrain else None,
+            last_retrain=dt.date.fromisoformat(last) if last else None,
         )
-        if decision.retrain:
-            start, end = decision.training_window(rule)
-            start = max(start, dataset_spec.date.start)
-            last_retrain = str(decision.last_day)
-            context.update_cursor(
-                json.dumps({"after": after, "days": days, "last_retrain": last_retrain})
-            )
-            return dg.RunRequest(
-                run_key=f"retrain-{decision.last_day}",
-                run_config={
-                    "ops": {"training_set": {"config": {"start": str(start), "end": str(end)}}}
-                },
-                tags={
-                    RETRAIN_REASON_TAG: decision.reason,
-                    RETRAIN_EVIDENCE_TAG: decision.evidence()[:4000],
-                    "mlops/training_window": f"{start}..{end}",
-                },
-            )
-        context.update_cursor(
-            json.dumps({"after": after, "days": days, "last_retrain": last_retrain})
-        )
-        return dg.SkipReason(decision.reason)
+        if not decision.retrain:
+            context.update_cursor(json.dumps(state))
+            return dg.SkipReason(decision.reason)
+        context.update_cursor(json.dumps({**state, "last_retrain": str(decision.last_day)}))
+        return retraining_request(decision, rule)
 
     return retraining_sensor
 

@@ -5,11 +5,22 @@ import os
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets import evaluation, features, ingestion, promotion, training, validation
+from mlops_assets import (
+    ab_testing,
+    automation,
+    evaluation,
+    features,
+    ingestion,
+    monitoring,
+    promotion,
+    training,
+    validation,
+)
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import (
     DatasetSource,
     DuckDBFrameIOManager,
+    EvidentlyWorkspace,
     MlflowTracking,
     ReportStore,
     data_dir,
@@ -32,15 +43,19 @@ def build_resources() -> dict:
         ),
         "reports": ReportStore(directory=str(data_dir() / "reports")),
         OBJECT_IO_MANAGER: dg.FilesystemIOManager(base_dir=str(data_dir() / "objects")),
+        "evidently": EvidentlyWorkspace(
+            directory=str(data_dir() / "evidently"), project_name=f"{dataset_spec.name} drift"
+        ),
     }
 
 
 data_assets = dg.AssetSelection.groups("ingestion", "validation", "features")
 training_assets = dg.AssetSelection.groups("training", "evaluation", "registry")
+daily_assets = data_assets | monitoring.monitoring_job.selection
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(
-        [ingestion, validation, features, training, evaluation, promotion]
+        [ingestion, validation, features, training, evaluation, promotion, monitoring, ab_testing]
     ),
     jobs=[
         dg.define_asset_job(
@@ -54,7 +69,20 @@ defs = dg.Definitions(
             description="Build the training set, train, register, evaluate, explain and gate "
             "a model; the first model to pass the gates becomes champion.",
         ),
+        monitoring.monitoring_job,
+        dg.define_asset_job(
+            "daily_job",
+            selection=daily_assets,
+            description="Ingest, validate, build features and monitor the selected days.",
+        ),
+        dg.define_asset_job(
+            "ab_job",
+            selection=dg.AssetSelection.assets(ab_testing.ab_results, ab_testing.ab_promotion),
+            description="Analyse the current A/B experiment; promote the challenger if it wins.",
+        ),
     ],
+    schedules=[monitoring.monitoring_schedule, automation.monthly_retraining_schedule],
+    sensors=[automation.retraining_sensor, automation.new_data_sensor],
     resources=build_resources(),
     executor=dg.in_process_executor,
 )

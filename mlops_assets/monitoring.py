@@ -475,7 +475,12 @@ def performance(
             }
         )
         context.add_asset_metadata(
-            {**{name: metrics[name] for name in METRIC_NAMES}, "dagster/partition_row_count": 1},
+            {
+                **{name: metrics[name] for name in METRIC_NAMES},
+                # The serving model's test score: the retraining sensor reads decay from the pair.
+                "reference_roc_auc": reference[version].get("roc_auc", float("nan")),
+                "dagster/partition_row_count": 1,
+            },
             partition_key=day,
         )
     yield dg.Output(
@@ -591,8 +596,9 @@ monitoring_assets = [predictions, drift_report, performance, monitoring_summary]
 
 monitoring_job = dg.define_asset_job(
     "monitoring_job",
-    selection=dg.AssetSelection.groups(GROUP),
-    description="Score, check for drift and measure the selected days, then the summary.",
+    selection=dg.AssetSelection.groups(GROUP) | dg.AssetSelection.assets("ab_outcomes"),
+    description="Score, check for drift and measure the selected days, record A/B outcomes "
+    "when a challenger exists, then the summary.",
 )
 
 

@@ -159,6 +159,12 @@ def code_version() -> str:
         return f"mlops_assets=={version('mlops_assets')}"
 
 
+def serving_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy")]
+
+
 def split_parts(training_set) -> dict[str, Any]:
     return {name: part for name, part in training_set.groupby(SPLIT_COLUMN, sort=False)}
 
@@ -248,6 +254,9 @@ def model(
             signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
             input_example=example,
             skops_trusted_types=modeling.skops_trusted_types(config.estimator),
+            # Pinned from this environment: MLflow's own inference exports the whole lock file
+            # (seconds per model) and would list far more than serving needs.
+            pip_requirements=serving_requirements(),
         )
         version = str(logged.registered_model_version)
         client = mlflow.client()

@@ -16,7 +16,7 @@ class RetrainingRule:
     the rule behaves the same in replay as live.
     """
 
-    max_drift_share: float = 0.3
+    max_drift_share: float = 0.35
     min_auc_ratio: float = 0.92
     consecutive_days: int = 7
     cooldown_days: int = 30
