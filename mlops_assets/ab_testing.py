@@ -118,6 +118,22 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
     )
 
 
+def _design(config: ABTestConfig, baseline_accuracy: float):
+    from mlops_assets.lib.ab_testing import ExperimentDesign
+
+    return ExperimentDesign(
+        baseline_accuracy=baseline_accuracy,
+        mde=config.mde,
+        alpha=config.alpha,
+        power=config.power,
+        discordant_rate=config.discordant_rate,
+        brier_tolerance=config.brier_tolerance,
+        ece_tolerance=config.ece_tolerance,
+        positive_rate_tolerance=config.positive_rate_tolerance,
+        n_resamples=config.n_resamples,
+    )
+
+
 @dg.asset(
     deps=[ab_outcomes],
     group_name=GROUP,
@@ -159,17 +175,11 @@ def ab_results(
     baseline = client.get_run(champion.run_id).data.metrics.get("test_accuracy")
     if baseline is None:
         raise dg.Failure(f"champion v{champion.version} has no test_accuracy: evaluate it first")
-    design = ab_testing.ExperimentDesign(
-        baseline_accuracy=baseline,
-        mde=config.mde,
-        alpha=config.alpha,
-        power=config.power,
-        discordant_rate=config.discordant_rate,
-        brier_tolerance=config.brier_tolerance,
-        ece_tolerance=config.ece_tolerance,
-        positive_rate_tolerance=config.positive_rate_tolerance,
-        n_resamples=config.n_resamples,
-    )
+    try:
+        design = _design(config, baseline)
+    except ValueError as error:
+        raise dg.Failure(f"{experiment}: invalid A/B design ({error})") from None
+    y = rows["label"].to_numpy(dtype=int)
     y = rows["label"].to_numpy(dtype=int)
     arm = rows["arm"].to_numpy()
     control, treatment = arm == "control", arm == "treatment"

@@ -736,6 +736,12 @@ def _arrays(*values: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.float64) for v in values]
 
 
+def _computable(metrics: tuple[str, ...], *labels: np.ndarray) -> tuple[str, ...]:
+    """The secondary metrics defined on these labels: ROC AUC needs both classes in each."""
+    both = all(np.unique(y).size == 2 for y in labels)
+    return tuple(m for m in metrics if m != "roc_auc" or both)
+
+
 def _analyse_split(
     control: ArmScores, treatment: ArmScores, design: ExperimentDesign
 ) -> tuple[SplitAnalysis, list[np.ndarray]]:
@@ -757,7 +763,7 @@ def _analyse_split(
     )
     secondary = tuple(
         bootstrap_difference(y_c, s_c, y_t, s_t, m, design.n_resamples, design.alpha, design.seed)
-        for m in design.secondary_metrics
+        for m in _computable(design.secondary_metrics, y_c, y_t)
     )
     return SplitAnalysis(horizon, accuracy, secondary), [y_c, s_c, y_t, s_t]
 
@@ -776,7 +782,7 @@ def _analyse_paired(
     )
     secondary = tuple(
         paired_bootstrap_difference(y, s_c, s_t, m, design.n_resamples, design.alpha, design.seed)
-        for m in design.secondary_metrics
+        for m in _computable(design.secondary_metrics, y)
     )
     return PairedAnalysis(horizon, accuracy, secondary), [y, s_c, y, s_t]
 

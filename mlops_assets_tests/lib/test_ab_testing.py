@@ -499,3 +499,16 @@ def test_decide_needs_both_arms_or_paired_data():
         decide(DESIGN, control=ArmScores(data.y_true, data.score_control))
     with pytest.raises(ValueError, match="nothing to compare"):
         decide(DESIGN)
+
+
+def test_secondary_auc_is_left_out_when_an_arm_has_one_class():
+    rng = np.random.default_rng(0)
+    y_one = np.zeros(300, dtype=int)
+    y_both = rng.integers(0, 2, 300)
+    design = ExperimentDesign(baseline_accuracy=0.7, n_resamples=50)
+    decision = decide(
+        design,
+        control=ArmScores(y_one, rng.random(300)),
+        treatment=ArmScores(y_both, rng.random(300)),
+    )
+    assert [t.metric for t in decision.split.secondary] == ["log_loss"]

@@ -1,0 +1,774 @@
+"""Plain-script baseline of `python -m mlops_assets.lifecycle`: the same computations, no Dagster.
+
+    .venv/bin/python bench/plain_lifecycle.py --data-dir /tmp/somewhere   # the whole lifecycle
+    .venv/bin/python bench/plain_lifecycle.py --data-dir /tmp/x --train-end 2013-01-31 \
+        --monitor-end 2013-02-28                                           # a small window
+
+`bench/lifecycle.py` runs it in a subprocess beside the lifecycle command. It calls the same
+library functions (`mlops_assets.lib.*`) with the same settings as the assets' defaults, on the
+same data sizes, in the same order of stages:
+
+1. data: stage the flights and weather CSVs as Parquet (fresh directory, so staging is included),
+   read every day, the row-count and duplicate checks, validate all rows
+   (`lib.validation.validate_records` over the whole range at once, as the single-run backfill
+   does), null-rate and schema checks, validate the weather lookup and build the features; write
+   raw_records, validated_records, quarantined_records and features to DuckDB.
+2. training on the default window (Jan-Jun): time_split 0.15/0.15, the training_set table, the
+   random search (HistGradientBoosting, 4 trials, 3 day folds, roc_auc, seed 0) with one nested
+   MLflow run per trial, fit, validation metrics, `mlflow.sklearn.log_model` (skops trusted
+   types, pinned pip_requirements) registered with the challenger alias and lineage tags;
+   evaluation (test metrics, prior baseline, the four plots, metrics.json, logged to the run,
+   gates tagged), permutation importance (5 repeats, 20,000 rows, roc_auc) with its chart and
+   table; the first model becomes champion (alias, tags, audit row in DuckDB).
+3. monitoring of Jul-Dec: long-format predictions (`lib.monitoring.predict_long`), drift per day
+   (`lib.drift.compute_drift`: reference = the train split, constant-within-day columns excluded,
+   20,000 rows sampled with seed 0 and scored by the champion; thresholds 1.0 / 0.1 / 1.0, drift
+   share 0.5; HTML for the last day only; all snapshots saved to an Evidently workspace), daily
+   performance against the test metrics, the summary plot and monthly table; tables written.
+4. the retraining rule (`lib.automation.evaluate_rule`) replayed day by day over the monitored
+   days (the last 180, as the sensor cursor keeps), then the same retraining as the lifecycle:
+   the rule's 90-day window if it fired (A/B from the next day), else a random-forest challenger
+   on the default window (A/B over all monitored days). Evaluation against the champion.
+5. A/B: both models score the A/B days (predictions rewritten), arms by `assign_arms` (0.45 /
+   0.45 / 0.10), outcomes table, `lib.ab_testing.decide` with the ab_results defaults (mde 0.02,
+   alpha 0.05, power 0.8, discordant 0.10, guardrails 0.01 / 0.03 / 0.05, 1000 resamples) and
+   the champion's test accuracy as baseline; the report; promotion if it says so.
+
+What it leaves out, because it is the orchestration and tracking overhead being measured: the
+Dagster import and instance, run/event storage and per-partition metadata, the IO manager's
+read-back of every input from DuckDB (here frames stay in memory between stages), reloading
+models from the MLflow registry (evaluation, importance and monitoring use the fitted pipelines
+in memory; `log_model` still saves and reloads once to validate, as in the lifecycle), reading
+test metrics back from MLflow, the git call for the code version, hashing the training set twice,
+table previews for the UI, and reshaping the long predictions with `pivot_table` for the A/B
+outcomes (the two score columns are taken directly). The mlops_assets package's `__init__`
+(which imports Dagster and builds the Definitions) is bypassed so that the library imports
+without Dagster.
+
+Prints "-> stage" / "   done in N s" lines like the lifecycle, a summary, and one
+`STAGE <key> <seconds>` line per stage for bench/lifecycle.py.
+"""
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+BEGAN = time.perf_counter()
+warnings.filterwarnings("ignore")
+
+# Import the pure library without the package __init__ (which loads Dagster and the Definitions).
+_package = importlib.util.find_spec("mlops_assets")
+_stub = types.ModuleType("mlops_assets")
+_stub.__path__ = list(_package.submodule_search_locations)
+sys.modules["mlops_assets"] = _stub
+
+import duckdb  # noqa: E402
+import evidently  # noqa: E402, F401  (imported up front, as a plain script would)
+import mlflow  # noqa: E402
+import mlflow.sklearn  # noqa: E402
+import pandas as pd  # noqa: E402
+import sklearn.ensemble  # noqa: E402, F401
+from mlflow.models import infer_signature  # noqa: E402
+
+from mlops_assets.lib import (  # noqa: E402
+    ab_testing,
+    drift,
+    evaluation,
+    features,
+    modeling,
+    monitoring,
+    quality,
+    registry,
+    sources,
+    validation,
+)
+from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule  # noqa: E402
+from mlops_assets.lib.spec import load_spec  # noqa: E402
+
+assert "dagster" not in sys.modules, "the baseline must not import Dagster"
+
+SPEC = load_spec()
+DATE, KEY, LABEL = SPEC.date.column, list(SPEC.key), SPEC.target.name
+CATEGORICAL, NUMERIC = SPEC.categorical_features, SPEC.numeric_features
+FEATURES = [*CATEGORICAL, *NUMERIC]
+IDS = [DATE, *KEY]
+MODEL_NAME = f"{SPEC.name}_model"
+EXPERIMENT = "mlops_assets"
+PROBABILITY = "probability"
+CURSOR_DAYS_KEPT = 180  # mlops_assets.automation: the sensor cursor keeps the latest 180 days
+STAGES: list[tuple[str, float]] = []
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+class Stage:
+    def __init__(self, key: str, title: str) -> None:
+        self.key, self.title = key, title
+
+    def __enter__(self):
+        say(f"-> {self.title}")
+        self.began = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            elapsed = time.perf_counter() - self.began
+            STAGES.append((self.key, elapsed))
+            say(f"   done in {elapsed:.0f} s")
+
+
+def ts(day: dt.date) -> pd.Timestamp:
+    return pd.Timestamp(day)
+
+
+def between(frame: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
+    """Rows dated in [start, end] (inclusive)."""
+    dates = frame[DATE]
+    return frame[(dates >= ts(start)) & (dates < ts(end + dt.timedelta(days=1)))]
+
+
+class Warehouse:
+    """One DuckDB connection; each table is replaced whole (the lifecycle replaces partitions)."""
+
+    def __init__(self, path: Path) -> None:
+        self.con = duckdb.connect(str(path))
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {SPEC.name}")
+
+    def write(self, table: str, frame: pd.DataFrame) -> None:
+        self.con.register("frame_to_write", frame)
+        self.con.execute(
+            f"CREATE OR REPLACE TABLE {SPEC.name}.{table} AS SELECT * FROM frame_to_write"
+        )
+        self.con.unregister("frame_to_write")
+
+    def audit(self, version: str, previous: str, reason: str, evidence: dict) -> None:
+        self.con.execute(
+            f"CREATE TABLE IF NOT EXISTS {SPEC.name}.promotion_audit (promoted_at TIMESTAMP, "
+            "model_name VARCHAR, version VARCHAR, previous_version VARCHAR, reason VARCHAR, "
+            "evidence JSON, dagster_run_id VARCHAR)"
+        )
+        self.con.execute(
+            f"INSERT INTO {SPEC.name}.promotion_audit VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                dt.datetime.now(),
+                MODEL_NAME,
+                version,
+                previous,
+                reason,
+                json.dumps(evidence, default=str),
+                "plain",
+            ],
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# 1. Data
+
+
+def build_data(data_dir: Path, wh: Warehouse, start: dt.date, end: dt.date) -> pd.DataFrame:
+    cache = data_dir / "sources"
+    after = end + dt.timedelta(days=1)
+    staged = sources.stage_csv(
+        SPEC.resolve(SPEC.source.path),
+        cache,
+        required_columns=list(SPEC.columns),
+        null_values=SPEC.source.null_values,
+        date_column=DATE,
+        date_expression=SPEC.date.expression,
+    )
+    raw = sources.read_dates(staged, DATE, start, after)
+    q = SPEC.quality
+    counts = quality.daily_row_counts(raw, DATE, start, after)
+    anomalies = quality.row_count_anomalies(
+        counts,
+        pd.Series(dtype="int64"),
+        trailing_days=q.trailing_days,
+        min_ratio=q.min_row_ratio,
+    )
+    duplicates = int(raw.duplicated(IDS).sum())
+    wh.write("raw_records", raw)
+
+    result = validation.validate_records(raw, SPEC, start, after)
+    limits = {n: c.max_null_rate for n, c in SPEC.columns.items() if c.max_null_rate is not None}
+    null_over = {
+        n: r for n, r in quality.null_rates(result.valid, list(limits)).items() if r > limits[n]
+    }
+    schema_problems = quality.schema_mismatches(
+        result.valid, {n: c.type for n, c in SPEC.columns.items()}
+    )
+    wh.write("validated_records", result.valid)
+    wh.write("quarantined_records", result.quarantined)
+
+    lookups = {}
+    for name, lookup in SPEC.lookups.items():
+        staged_lookup = sources.stage_csv(
+            SPEC.resolve(lookup.path),
+            cache,
+            required_columns=list(lookup.columns),
+            null_values=lookup.null_values,
+        )
+        lookups[name], _ = validation.validate_lookup(
+            sources.read_all(staged_lookup), lookup.columns, lookup.join_on
+        )
+    frame = features.build_features(result.valid, lookups, SPEC)[features.feature_columns(SPEC)]
+    feature_nulls = quality.null_rates(frame, list(SPEC.features))
+    wh.write("features", frame)
+    say(
+        f"   {len(raw)} records, {len(result.quarantined)} quarantined, {duplicates} duplicates, "
+        f"{int(anomalies['failed'].sum())} anomalous days, null rates over limit "
+        f"{sorted(null_over) or 'none'}, schema {schema_problems or 'ok'}, "
+        f"max feature null rate {max(feature_nulls.values()):.3f}"
+    )
+    return frame
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Training, evaluation, registration
+
+
+class Tracking:
+    def __init__(self, data_dir: Path) -> None:
+        (data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+        self.uri = f"sqlite:///{(data_dir / 'mlflow' / 'mlflow.db').resolve()}"
+        self.client = registry.client(self.uri)
+        experiment_id = registry.ensure_experiment(
+            self.client, EXPERIMENT, str((data_dir / "mlflow" / "artifacts").resolve())
+        )
+        mlflow.set_experiment(experiment_id=experiment_id)
+
+
+def serving_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy")]
+
+
+def promote(tracking: Tracking, wh: Warehouse, version: str, previous, reason: str, evidence):
+    client = tracking.client
+    gates = client.get_model_version(MODEL_NAME, version).tags.get("evaluation_gates")
+    if gates != "passed":
+        raise ValueError(f"version {version} cannot be promoted: gates {gates}")
+    client.set_registered_model_alias(MODEL_NAME, registry.CHAMPION, version)
+    tags = {
+        "promoted_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "promotion_reason": reason,
+        "previous_champion": previous or "none",
+        "promoted_by_dagster_run": "plain",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    wh.audit(version, previous or "none", reason, evidence)
+
+
+def train(
+    feats: pd.DataFrame,
+    start: dt.date,
+    end: dt.date,
+    *,
+    estimator: str,
+    tracking: Tracking,
+    wh: Warehouse,
+    reports: Path,
+    champion: dict | None,
+) -> dict:
+    """training_set, model, evaluation, feature_importance and champion_model of one run."""
+    frame = between(feats, start, end)
+    frame = frame[frame[LABEL].notna()]
+    train_part, validation_part, test_part = modeling.time_split(frame, DATE, 0.15, 0.15)
+    parts = {"train": train_part, "validation": validation_part, "test": test_part}
+    training_set = pd.concat([p.assign(split=name) for name, p in parts.items()], ignore_index=True)
+    lineage = {
+        "code_version": "plain-baseline",
+        "data_window": f"{start}..{end}",
+        "data_hash": modeling.hash_frame(training_set),
+        "data_rows": str(len(training_set)),
+        "data_rows_train": str(len(train_part)),
+        "features_table": f"{SPEC.name}.features",
+    }
+    wh.write("training_set", training_set)
+
+    columns = {"categorical": CATEGORICAL, "numeric": NUMERIC, "label": LABEL}
+    with mlflow.start_run(tags=lineage) as run:
+        search = modeling.search_hyperparameters(
+            train_part,
+            estimator=estimator,
+            date_column=DATE,
+            params={},
+            method="random",
+            n_trials=4,
+            n_splits=3,
+            metric="roc_auc",
+            seed=0,
+            **columns,
+        )
+        for number, trial in enumerate(search.trials):
+            with mlflow.start_run(run_name=f"trial-{number}", nested=True):
+                mlflow.log_params(trial.params)
+                mlflow.log_metrics(
+                    {"cv_roc_auc": trial.mean_score, "cv_roc_auc_std": trial.std_score}
+                )
+        pipeline = modeling.fit_final(
+            train_part, estimator=estimator, params=search.best_params, seed=0, **columns
+        )
+        mlflow.log_params({"estimator": estimator, "search": "random", **search.best_params})
+        mlflow.log_metric("cv_roc_auc", search.best_score)
+        X_val, y_val = modeling.features_and_label(validation_part, CATEGORICAL, NUMERIC, LABEL)
+        validation_metrics = evaluation.classification_metrics(
+            y_val, pipeline.predict_proba(X_val)[:, 1]
+        )
+        mlflow.log_metrics({f"validation_{k}": float(v) for k, v in validation_metrics.items()})
+        X_train, _ = modeling.features_and_label(train_part, CATEGORICAL, NUMERIC, LABEL)
+        example = X_train.head(5)
+        logged = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            registered_model_name=MODEL_NAME,
+            signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
+            input_example=example,
+            skops_trusted_types=modeling.skops_trusted_types(estimator),
+            pip_requirements=serving_requirements(),
+        )
+        version = str(logged.registered_model_version)
+        client = tracking.client
+        for key, value in {**lineage, "estimator": estimator}.items():
+            client.set_model_version_tag(MODEL_NAME, version, key, value)
+        client.set_registered_model_alias(MODEL_NAME, registry.CHALLENGER, version)
+
+        # evaluation
+        X_test, y_test = modeling.features_and_label(test_part, CATEGORICAL, NUMERIC, LABEL)
+        proba = pipeline.predict_proba(X_test)[:, 1]
+        metrics = evaluation.classification_metrics(y_test, proba, 0.5)
+        prior = evaluation.baseline_metrics(train_part[LABEL].to_numpy(), y_test)
+        champion_proba = champion_metrics = None
+        if champion is not None:
+            champion_proba = champion["pipeline"].predict_proba(X_test)[:, 1]
+            champion_metrics = evaluation.classification_metrics(y_test, champion_proba, 0.5)
+        directory = reports / "evaluation" / f"{MODEL_NAME}-v{version}"
+        evaluation.save_evaluation_plots(y_test, proba, directory, 0.5, baseline=champion_proba)
+        summary = {"metrics": metrics, "baseline": prior, "champion": champion_metrics}
+        (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
+        mlflow.log_artifacts(str(directory), artifact_path="evaluation")
+        beats = metrics["roc_auc"] - prior["roc_auc"] >= 0.05
+        not_worse = (
+            champion_metrics is None or metrics["roc_auc"] - champion_metrics["roc_auc"] >= -0.01
+        )
+        gates = "passed" if beats and not_worse else "failed"
+        client.set_model_version_tag(MODEL_NAME, version, "evaluation_gates", gates)
+
+        # feature_importance
+        table = evaluation.permutation_importance_table(
+            pipeline, X_test, y_test, scoring="roc_auc", n_repeats=5, max_rows=20_000
+        )
+        chart = evaluation.save_importance_chart(table, directory / "importance.png")
+        mlflow.log_artifact(str(chart), artifact_path="evaluation")
+        wh.write("feature_importance", table.assign(model_version=int(version)))
+        run_id = run.info.run_id
+
+    model = {
+        "version": version,
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "metrics": metrics,
+        "gates": gates,
+        "train": train_part,
+    }
+    if champion is None:
+        if gates != "passed":
+            raise SystemExit(f"v{version} failed its evaluation gates: no champion")
+        promote(
+            tracking,
+            wh,
+            version,
+            None,
+            "first model to pass the evaluation gates",
+            {"evaluation": metrics},
+        )
+    say(
+        f"   v{version} ({estimator}, {start}..{end}, {len(train_part)} train rows): test ROC AUC "
+        f"{metrics['roc_auc']:.4f}, accuracy {metrics['accuracy']:.4f}, gates {gates}"
+    )
+    return model
+
+
+# ------------------------------------------------------------------------------------------
+# 3. Monitoring
+
+
+def monitor(
+    feats: pd.DataFrame,
+    start: dt.date,
+    end: dt.date,
+    champion: dict,
+    *,
+    wh: Warehouse,
+    data_dir: Path,
+    reports: Path,
+) -> dict[str, dict]:
+    """predictions, drift_report, performance and monitoring_summary; per-day numbers."""
+    current_features = between(feats, start, end)
+    predictions = monitoring.predict_long(
+        current_features,
+        [(registry.CHAMPION, (champion["version"], champion["pipeline"]))],
+        id_columns=IDS,
+        feature_columns=FEATURES,
+        model_name=MODEL_NAME,
+    )
+    wh.write("predictions", predictions)
+
+    # drift_report
+    reference = champion["train"][[DATE, *FEATURES]]
+    exclude = monitoring.constant_within_batches(reference, DATE, FEATURES)
+    if len(reference) > 20_000:
+        reference = reference.sample(20_000, random_state=0)
+    reference = reference.assign(
+        **{PROBABILITY: champion["pipeline"].predict_proba(reference[FEATURES])[:, 1]}
+    )
+    current = current_features.merge(predictions[[*IDS, PROBABILITY]], on=IDS, how="inner")
+    settings = drift.DriftSettings(
+        exclude=tuple(exclude),
+        num_threshold=1.0,
+        cat_threshold=0.1,
+        prediction_threshold=1.0,
+        drift_share=0.5,
+    )
+    days = [str(d.date()) for d in pd.date_range(start, end)]
+    by_day = current.groupby(current[DATE].dt.strftime("%Y-%m-%d"))
+    drift_rows, snapshots, per_day = [], [], {}
+    for day in days:
+        if day not in by_day.groups:
+            continue
+        html_path = reports / "drift" / f"{day}.html" if day == days[-1] else None
+        result = drift.compute_drift(
+            reference,
+            by_day.get_group(day),
+            numeric=NUMERIC,
+            categorical=CATEGORICAL,
+            prediction=PROBABILITY,
+            settings=settings,
+            html_path=html_path,
+            timestamp=dt.datetime.fromisoformat(day),
+            tags=[day],
+        )
+        snapshots.append(result.snapshot)
+        cols = result.columns
+        row = {
+            DATE: pd.Timestamp(day),
+            "n_rows": int(result.n_rows),
+            "n_reference_rows": len(reference),
+            "drift_share": float(result.drift_share),
+            "n_drifted_columns": int(result.n_drifted),
+            "n_tested_columns": int(result.n_columns),
+            "dataset_drift": bool(result.dataset_drift),
+            "prediction_drift_score": float(result.prediction_score)
+            if result.prediction_score is not None
+            else float("nan"),
+            "prediction_drifted": bool(result.prediction_drifted),
+            "drifted_columns": ", ".join(cols.index[cols["drifted"]]),
+            "skipped_columns": ", ".join(result.skipped_columns),
+            "html_report": str(html_path or ""),
+        }
+        for column in SPEC.features:
+            score = cols["score"].get(column) if column in cols.index else None
+            row[monitoring.drift_score_column(column)] = (
+                float("nan") if score is None else float(score)
+            )
+        drift_rows.append(row)
+        per_day[day] = {"drift_share": float(result.drift_share)}
+    drift.save_snapshots_to_workspace(snapshots, data_dir / "evidently", f"{SPEC.name} drift")
+    drift_table = pd.DataFrame(drift_rows)
+    wh.write("drift_report", drift_table)
+
+    # performance
+    scored = predictions.merge(current_features[[*IDS, LABEL]], on=IDS, how="inner")
+    by_day = scored.groupby(scored[DATE].dt.strftime("%Y-%m-%d"))
+    reference_metrics = champion["metrics"]
+    perf_rows, flagged = [], 0
+    for day in days:
+        if day not in by_day.groups:
+            continue
+        rows = by_day.get_group(day)
+        metrics = monitoring.daily_performance(rows, label=LABEL)
+        if metrics is None:
+            continue
+        drops = {}
+        if metrics["n"] >= 100:
+            drops = monitoring.relative_drops(
+                metrics, reference_metrics, ["roc_auc", "accuracy", "f1", "brier"], 0.1
+            )
+            flagged += bool(drops)
+        perf_rows.append(
+            {
+                DATE: pd.Timestamp(day),
+                "model_name": MODEL_NAME,
+                "model_version": champion["version"],
+                "label_delay_days": 1,
+                "n_scored": metrics["n_scored"],
+                **{name: metrics[name] for name in evaluation.METRIC_NAMES},
+                "below_reference": ", ".join(drops),
+            }
+        )
+        per_day.setdefault(day, {}).update(
+            roc_auc=metrics["roc_auc"], reference_roc_auc=reference_metrics["roc_auc"]
+        )
+    perf_table = pd.DataFrame(perf_rows)
+    wh.write("performance", perf_table)
+
+    # monitoring_summary
+    worst = pd.concat(
+        [
+            monitoring.worst_days(drift_table, "drift_share", 5, largest=True),
+            monitoring.worst_days(perf_table, "roc_auc", 5, largest=False),
+        ]
+    )
+    monitoring.plot_summary(
+        drift_table,
+        perf_table,
+        date_column=DATE,
+        path=reports / "monitoring" / "summary.png",
+        flagged=list(worst[DATE]),
+    )
+    monthly = pd.concat(
+        [
+            drift_table.groupby(drift_table[DATE].dt.strftime("%Y-%m"))[
+                ["drift_share", "prediction_drift_score"]
+            ].mean(),
+            perf_table.groupby(perf_table[DATE].dt.strftime("%Y-%m"))[
+                ["roc_auc", "f1", "accuracy", "brier", "positive_rate", "predicted_positive_rate"]
+            ].mean(),
+        ],
+        axis=1,
+    ).round(3)
+    monthly.to_markdown()
+    say(
+        f"   {len(drift_table)} days: mean drift share {drift_table['drift_share'].mean():.3f}, "
+        f"mean ROC AUC {perf_table['roc_auc'].mean():.4f}, {flagged} days below the test metrics"
+    )
+    return per_day
+
+
+def replay_rule(per_day: dict[str, dict], rule: RetrainingRule):
+    kept = sorted(per_day)[-CURSOR_DAYS_KEPT:]
+    results = [
+        DayResult(
+            dt.date.fromisoformat(day),
+            drift_share=per_day[day].get("drift_share"),
+            roc_auc=per_day[day].get("roc_auc"),
+            reference_auc=per_day[day].get("reference_roc_auc"),
+        )
+        for day in kept
+    ]
+    decisions, last = [], None
+    for newest in range(1, len(results) + 1):
+        decision = evaluate_rule(results[:newest], rule, last_retrain=last)
+        if decision.retrain:
+            decisions.append(decision)
+            last = decision.last_day
+    return decisions
+
+
+# ------------------------------------------------------------------------------------------
+# 5. A/B
+
+
+def ab_test(
+    feats: pd.DataFrame,
+    start: dt.date,
+    end: dt.date,
+    champion: dict,
+    challenger: dict,
+    *,
+    wh: Warehouse,
+    tracking: Tracking,
+    reports: Path,
+):
+    current = between(feats, start, end)
+    models = [
+        (registry.CHAMPION, (champion["version"], champion["pipeline"])),
+        (registry.CHALLENGER, (challenger["version"], challenger["pipeline"])),
+    ]
+    predictions = monitoring.predict_long(
+        current, models, id_columns=IDS, feature_columns=FEATURES, model_name=MODEL_NAME
+    )
+    wh.write("predictions", predictions)
+    n = len(current)
+    experiment = f"{MODEL_NAME}-v{champion['version']}-vs-v{challenger['version']}"
+    outcomes = (
+        current[IDS]
+        .reset_index(drop=True)
+        .assign(
+            champion_version=champion["version"],
+            challenger_version=challenger["version"],
+            score_control=predictions[PROBABILITY].to_numpy()[:n],
+            score_treatment=predictions[PROBABILITY].to_numpy()[n:],
+            label=current[LABEL].to_numpy(),
+            experiment=experiment,
+        )
+    )
+    shares = {"control": 0.45, "treatment": 0.45, "excluded": 0.10}
+    outcomes["arm"] = ab_testing.assign_arms(outcomes[IDS], experiment, shares)
+    wh.write("ab_outcomes", outcomes)
+    return outcomes, experiment
+
+
+def ab_decide(outcomes, experiment, champion, challenger, *, wh, tracking, reports):
+    rows = outcomes[outcomes["label"].notna()].sort_values(IDS, kind="stable")
+    design = ab_testing.ExperimentDesign(
+        baseline_accuracy=champion["metrics"]["accuracy"],
+        mde=0.02,
+        alpha=0.05,
+        power=0.80,
+        discordant_rate=0.10,
+        brier_tolerance=0.01,
+        ece_tolerance=0.03,
+        positive_rate_tolerance=0.05,
+        n_resamples=1000,
+    )
+    y = rows["label"].to_numpy(dtype=int)
+    arm = rows["arm"].to_numpy()
+    control, treatment = arm == "control", arm == "treatment"
+    score_c, score_t = rows["score_control"].to_numpy(), rows["score_treatment"].to_numpy()
+    decision = ab_testing.decide(
+        design,
+        control=ab_testing.ArmScores(y[control], score_c[control]),
+        treatment=ab_testing.ArmScores(y[treatment], score_t[treatment]),
+        paired=ab_testing.PairedScores(y, score_c, score_t),
+    )
+    report = reports / "ab" / f"{experiment}.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    days = rows[DATE].dt.date
+    report.write_text(
+        f"# A/B test {experiment}\n\n{days.nunique()} labelled days, "
+        f"{days.min()}..{days.max()}.\n\n{decision.to_markdown()}\n"
+    )
+    decision.to_metadata()
+    champion_version = champion["version"]
+    if decision.decision == "promote":
+        promote(
+            tracking,
+            wh,
+            challenger["version"],
+            champion_version,
+            f"A/B test {experiment}",
+            decision.to_metadata(),
+        )
+        champion_version = challenger["version"]
+    return decision, champion_version
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    window = SPEC.default_training_window
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=os.environ.get("MLOPS_DATA_DIR", "data"))
+    parser.add_argument("--train-start", default=str(window.start))
+    parser.add_argument("--train-end", default=str(window.end))
+    parser.add_argument("--monitor-end", default=str(SPEC.date.end))
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    reports = data_dir / "reports"
+    train_start = dt.date.fromisoformat(args.train_start)
+    train_end = dt.date.fromisoformat(args.train_end)
+    monitor_start = train_end + dt.timedelta(days=1)
+    monitor_end = dt.date.fromisoformat(args.monitor_end)
+    STAGES.append(("imports", time.perf_counter() - BEGAN))
+    say(f"plain baseline on {SPEC.name} ({SPEC.date.start}..{monitor_end}), no Dagster")
+
+    wh = Warehouse(data_dir / "warehouse.duckdb")
+    with Stage("data", f"ingest, validate, build features: {SPEC.date.start}..{monitor_end}"):
+        feats = build_data(data_dir, wh, SPEC.date.start, monitor_end)
+    with Stage("train", f"train, evaluate, register a model on {train_start}..{train_end}"):
+        tracking = Tracking(data_dir)
+        champion = train(
+            feats,
+            train_start,
+            train_end,
+            estimator="hist_gradient_boosting",
+            tracking=tracking,
+            wh=wh,
+            reports=reports,
+            champion=None,
+        )
+    with Stage("monitor", f"score, check drift and performance: {monitor_start}..{monitor_end}"):
+        per_day = monitor(
+            feats,
+            monitor_start,
+            monitor_end,
+            champion,
+            wh=wh,
+            data_dir=data_dir,
+            reports=reports,
+        )
+    with Stage("replay", "replay the retraining rule over the monitored days"):
+        rule = RetrainingRule()
+        decisions = replay_rule(per_day, rule)
+        for decision in decisions:
+            say(f"   would retrain on {decision.last_day}: {decision.reason}")
+    if decisions:
+        start, end = decisions[0].training_window(rule)
+        start = max(start, SPEC.date.start)
+        estimator, ab_start = "hist_gradient_boosting", decisions[0].last_day + dt.timedelta(1)
+        title = f"retrain as the rule asks: {start}..{end}"
+    else:
+        start, end, estimator, ab_start = train_start, train_end, "random_forest", monitor_start
+        title = "the rule never held: train a random-forest challenger"
+    with Stage("retrain", title):
+        challenger = train(
+            feats,
+            start,
+            end,
+            estimator=estimator,
+            tracking=tracking,
+            wh=wh,
+            reports=reports,
+            champion=champion,
+        )
+    with Stage("ab_scoring", f"score champion and challenger, A/B outcomes: {ab_start}.."):
+        outcomes, experiment = ab_test(
+            feats,
+            ab_start,
+            monitor_end,
+            champion,
+            challenger,
+            wh=wh,
+            tracking=tracking,
+            reports=reports,
+        )
+    with Stage("ab_test", "A/B test and promotion decision"):
+        decision, champion_version = ab_decide(
+            outcomes, experiment, champion, challenger, wh=wh, tracking=tracking, reports=reports
+        )
+    wh.con.close()
+
+    say("\nSummary")
+    summary = {
+        "champion version": champion_version,
+        "first model, test ROC AUC": round(champion["metrics"]["roc_auc"], 4),
+        "first model, test accuracy": round(champion["metrics"]["accuracy"], 4),
+        "retraining rule (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
+        "A/B experiment": experiment,
+        "A/B decision": f"{decision.decision} (deciding test: {decision.deciding_test})",
+        "elapsed": f"{time.perf_counter() - BEGAN:.0f} s",
+    }
+    for key, value in summary.items():
+        say(f"  {key:30} {value}")
+    for key, seconds in STAGES:
+        say(f"STAGE {key} {seconds:.2f}")
+
+
+if __name__ == "__main__":
+    main()
