@@ -1,5 +1,7 @@
 # Common commands. Every target shares one Dagster instance: the repository's dagster.yaml.
 export DAGSTER_HOME := $(CURDIR)
+# One "planned" event per asset for a range run, not one per day and asset (see README).
+export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 

@@ -538,6 +538,8 @@ class SummaryConfig(dg.Config):
     group_name=GROUP,
     kinds={"duckdb", "matplotlib"},
     backfill_policy=single_run,
+    # A derived view: redraw it whenever a monitored day changes, without anyone asking.
+    automation_condition=dg.AutomationCondition.eager(),
 )
 def monitoring_summary(
     config: SummaryConfig, warehouse: DuckDBResource, reports: ReportStore

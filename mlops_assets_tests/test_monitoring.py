@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from mlops_assets import features, ingestion, monitoring, validation
+from mlops_assets import ab_testing, features, ingestion, monitoring, validation
 from mlops_assets.lib import registry
 from mlops_assets.lib.evaluation import classification_metrics
 from mlops_assets.lib.modeling import build_pipeline, features_and_label, skops_trusted_types
@@ -111,7 +111,7 @@ def env(world, tmp_path, instance):
 
 def definitions(env) -> dg.Definitions:
     return dg.Definitions(
-        assets=[FEATURES_TABLE, *monitoring.monitoring_assets],
+        assets=[FEATURES_TABLE, *monitoring.monitoring_assets, ab_testing.ab_outcomes],
         jobs=[monitoring.monitoring_job],
         schedules=[monitoring.monitoring_schedule],
         resources=env["resources"],
