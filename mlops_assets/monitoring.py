@@ -21,7 +21,13 @@ from pydantic import Field
 
 from mlops_assets.lib.monitoring import REPLAY_DATE_ENV
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
-from mlops_assets.resources import DUCKDB_POOL, EvidentlyWorkspace, MlflowTracking, ReportStore
+from mlops_assets.resources import (
+    DUCKDB_POOL,
+    EvidentlyWorkspace,
+    MlflowTracking,
+    ReportStore,
+    table_exists,
+)
 
 GROUP = "monitoring"
 DRIFT_CHECK = "check_drift_share"
@@ -519,12 +525,7 @@ def _history(warehouse: DuckDBResource, table: str):
 
     schema = dataset_spec.name
     with warehouse.get_connection() as con:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchone()[0]
-        if not exists:
+        if not table_exists(con, f"{schema}.{table}"):
             return pd.DataFrame()
         return con.execute(f"SELECT * FROM {schema}.{table} ORDER BY {_date}").df()
 

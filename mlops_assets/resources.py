@@ -97,24 +97,30 @@ class DuckDBFrameIOManager(DuckDBIOManager):
         return pd.DataFrame
 
 
+def table_exists(con, table: str) -> bool:
+    """Whether `schema.name` exists: the IO manager creates a table on its first non-empty write."""
+    schema, _, name = table.rpartition(".")
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema = ? AND table_name = ?",
+            [schema, name],
+        ).fetchone()[0]
+    )
+
+
 def stored_daily_counts(
     warehouse: DuckDBResource, table: str, date_column: str, start: dt.date, end: dt.date
 ) -> pd.Series:
     """Rows per day of `table` in [start, end) as stored; empty if the table does not exist yet."""
     import pandas as pd
 
-    schema, _, name = table.rpartition(".")
     query = (
         f"SELECT CAST({date_column} AS DATE) AS day, count(*) AS n FROM {table} "
         f"WHERE {date_column} >= ? AND {date_column} < ? GROUP BY 1"
     )
     with warehouse.get_connection() as con:
-        exists = con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = ? AND table_name = ?",
-            [schema, name],
-        ).fetchone()[0]
-        if not exists:
+        if not table_exists(con, table):
             return pd.Series(dtype="int64")
         rows = con.execute(query, [start, end]).fetchall()
     return pd.Series({pd.Timestamp(day): n for day, n in rows}, dtype="int64")
