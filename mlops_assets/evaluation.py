@@ -88,7 +88,7 @@ def evaluation(
         champion_proba = registry.load_pipeline(champion).predict_proba(X)[:, 1]
         champion_metrics = lib.classification_metrics(y, champion_proba, config.threshold)
 
-    directory = reports.path("evaluation", f"{model.name}-v{model.version}", "x").parent
+    directory = reports.folder("evaluation", f"{model.name}-v{model.version}")
     plots = lib.save_evaluation_plots(
         y, proba, directory, config.threshold, baseline=champion_proba
     )

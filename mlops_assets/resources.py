@@ -197,9 +197,16 @@ class ReportStore(dg.ConfigurableResource):
     directory: str = Field(description="Root directory of the reports.")
 
     def path(self, *parts: str) -> Path:
+        """A file's absolute path under the store; its folder exists."""
         path = Path(self.directory).joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path.resolve()
+
+    def folder(self, *parts: str) -> Path:
+        """A folder's absolute path under the store, created if new."""
+        folder = Path(self.directory).joinpath(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.resolve()
 
 
 class EvidentlyWorkspace(dg.ConfigurableResource):
