@@ -66,7 +66,7 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
     import pandas as pd
 
     from mlops_assets.lib.ab_testing import assign_arms
-    from mlops_assets.lib.monitoring import labels_usable, today
+    from mlops_assets.lib.clock import labels_usable, today
 
     spec = dataset_spec
     date, ids = spec.date.column, [spec.date.column, *spec.key]

@@ -148,7 +148,7 @@ retraining_sensor = build_retraining_sensor(RetrainingRule())
 )
 def new_data_sensor(context: dg.SensorEvaluationContext, source: DatasetSource):
     """Requests one run over the source's days (up to today) not materialized yet."""
-    from mlops_assets.lib.monitoring import today
+    from mlops_assets.lib.clock import today
 
     spec = dataset_spec
     now = today()
@@ -176,7 +176,7 @@ def new_data_sensor(context: dg.SensorEvaluationContext, source: DatasetSource):
     f"({REPLAY_NOTE}). The new model is a challenger until it wins the A/B test.",
 )
 def monthly_retraining_schedule(context: dg.ScheduleEvaluationContext):
-    from mlops_assets.lib.monitoring import today
+    from mlops_assets.lib.clock import today
 
     spec = dataset_spec
     end = min(today() - dt.timedelta(days=2), spec.date.end)

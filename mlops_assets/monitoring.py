@@ -19,7 +19,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.lib.monitoring import REPLAY_DATE_ENV
+from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
 from mlops_assets.resources import (
     DUCKDB_POOL,
@@ -433,7 +433,8 @@ def performance(
     import pandas as pd
 
     from mlops_assets.lib.evaluation import METRIC_NAMES
-    from mlops_assets.lib.monitoring import daily_performance, labels_usable, relative_drops, today
+    from mlops_assets.lib.clock import labels_usable, today
+    from mlops_assets.lib.monitoring import daily_performance, relative_drops
 
     spec = dataset_spec
     now = today()
@@ -616,7 +617,7 @@ def monitoring_schedule(context: dg.ScheduleEvaluationContext):
 
     "Today" is the tick's date, or $MLOPS_REPLAY_DATE when set (to replay the 2013 data).
     """
-    from mlops_assets.lib.monitoring import today
+    from mlops_assets.lib.clock import today
 
     replaying = bool(os.environ.get(REPLAY_DATE_ENV))
     now = today() if replaying else context.scheduled_execution_time.date()

@@ -173,3 +173,12 @@ def test_concurrent_writers_queue_on_the_duckdb_lock(sample_csv, tmp_path, write
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as con:
         count = con.execute("SELECT count(*) FROM flights.features").fetchone()[0]
     assert count == writers * ROWS_PER_DAY
+
+
+def test_loading_the_code_location_imports_no_heavy_library():
+    heavy = ["pandas", "sklearn", "mlflow", "evidently", "matplotlib", "pandera", "pyarrow"]
+    check = f"import sys, mlops_assets; print([m for m in {heavy} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", check], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

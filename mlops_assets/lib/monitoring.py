@@ -6,9 +6,7 @@ specification). pandas is imported at module level: only the monitoring asset bo
 
 from __future__ import annotations
 
-import datetime as dt
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,34 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-REPLAY_DATE_ENV = "MLOPS_REPLAY_DATE"
 # A record is predicted positive when its probability is >= this (as lib.evaluation scores it).
 DECISION_THRESHOLD = 0.5
 PREDICTION_COLUMNS = ("model_name", "model_version", "model_alias", "prediction", "probability")
 # Performance metrics checked against the champion's test metrics; Brier is lower-is-better.
 LOWER_IS_BETTER = frozenset({"brier", "log_loss"})
-
-
-def today(environ: Mapping[str, str] | None = None) -> dt.date:
-    """The monitoring clock: $MLOPS_REPLAY_DATE (YYYY-MM-DD) when set, else the real date.
-
-    The embedded data are historical: replaying a 2013 date as "today" lets the schedule and the
-    label delay behave as they would have on that day.
-    """
-    value = (os.environ if environ is None else environ).get(REPLAY_DATE_ENV, "").strip()
-    if not value:
-        return dt.date.today()
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as error:
-        raise ValueError(f"{REPLAY_DATE_ENV}={value!r} is not a date (YYYY-MM-DD)") from error
-
-
-def labels_usable(day: dt.date, now: dt.date, label_delay_days: int) -> bool:
-    """Labels of `day` arrive `label_delay_days` later: usable from day + k on."""
-    if label_delay_days < 0:
-        raise ValueError(f"label_delay_days must be >= 0, got {label_delay_days}")
-    return day + dt.timedelta(days=label_delay_days) <= now
 
 
 def predict_long(

@@ -6,14 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops_assets.lib.clock import REPLAY_DATE_ENV, labels_usable, today
 from mlops_assets.lib.monitoring import (
-    REPLAY_DATE_ENV,
     constant_within_batches,
     daily_performance,
-    labels_usable,
     predict_long,
     relative_drops,
-    today,
 )
 
 
