@@ -432,8 +432,8 @@ def performance(
     Brier, actual vs predicted positive rate, ...): the performance history, one row per day."""
     import pandas as pd
 
-    from mlops_assets.lib.evaluation import METRIC_NAMES
     from mlops_assets.lib.clock import labels_usable, today
+    from mlops_assets.lib.evaluation import METRIC_NAMES
     from mlops_assets.lib.monitoring import daily_performance, relative_drops
 
     spec = dataset_spec
