@@ -6,7 +6,7 @@ import pytest
 
 from mlops_assets import ab_testing, monitoring
 from mlops_assets.lib import registry
-from mlops_assets.lib.monitoring import REPLAY_DATE_ENV
+from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.training import OBJECT_IO_MANAGER
 from mlops_assets_tests.conftest import range_tags
 from mlops_assets_tests.test_monitoring import FEATURES_TABLE, MODEL, make_env, world  # noqa: F401

@@ -18,9 +18,9 @@ from sklearn.metrics import brier_score_loss
 
 from mlops_assets import ab_testing, features, ingestion, monitoring, validation
 from mlops_assets.lib import registry
+from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.lib.evaluation import classification_metrics
 from mlops_assets.lib.modeling import build_pipeline, features_and_label, skops_trusted_types
-from mlops_assets.lib.monitoring import REPLAY_DATE_ENV
 from mlops_assets.partitions import dataset_spec as spec
 from mlops_assets.resources import EvidentlyWorkspace, MlflowTracking, ReportStore
 from mlops_assets_tests.conftest import ROWS_PER_DAY, make_resources_at, range_tags, write_csv
