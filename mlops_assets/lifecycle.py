@@ -91,6 +91,8 @@ def main() -> None:
             f"score, check drift and performance: {monitor_start}..{monitor_end}",
             start=monitor_start,
             end=monitor_end,
+            # No challenger yet: A/B outcomes would only record 184 empty days.
+            assets=["predictions", "drift_report", "performance", "monitoring_summary"],
         )
 
         say("-> replay the retraining sensor over the monitored days")
