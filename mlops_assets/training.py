@@ -12,7 +12,7 @@ from pydantic import Field
 from mlops_assets.features import features
 from mlops_assets.metadata import table_metadata
 from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import DUCKDB_POOL, MlflowTracking
+from mlops_assets.resources import DUCKDB_POOL, MlflowTracking, table_exists
 
 SPLIT_COLUMN = "split"
 OBJECT_IO_MANAGER = "object_io_manager"
@@ -86,6 +86,8 @@ def training_set(
     start, end = window_dates(config)
     date = spec.date.column
     with warehouse.get_connection() as con:
+        if not table_exists(con, f"{spec.name}.features"):
+            raise dg.Failure("no features are stored yet: materialize the data first (data_job)")
         # The date filter runs inside DuckDB: only the window's rows are read.
         frame = to_pandas(
             con.sql(

@@ -152,6 +152,17 @@ def test_a_failed_training_ends_its_mlflow_run_failed(features_stored, instance,
     assert mlflow.active_run() is None
 
 
+def test_training_before_any_data_says_what_to_run(lifecycle_resources, instance):
+    result = dg.materialize(
+        [training.training_set],
+        resources=lifecycle_resources,
+        instance=instance,
+        run_config={"ops": {"training_set": {"config": WINDOW}}},
+        raise_on_error=False,
+    )
+    assert "no features are stored yet" in failure_message(result)
+
+
 def test_missing_feature_days_are_named(lifecycle_resources, instance):
     dg.materialize(
         [ingestion.raw_records, validation.validate_records, features.features],
