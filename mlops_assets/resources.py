@@ -100,13 +100,12 @@ class DuckDBFrameIOManager(DuckDBIOManager):
 def table_exists(con, table: str) -> bool:
     """Whether `schema.name` exists: the IO manager creates a table on its first non-empty write."""
     schema, _, name = table.rpartition(".")
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_schema = ? AND table_name = ?",
-            [schema, name],
-        ).fetchone()[0]
-    )
+    # fetchall, not fetchone: DuckDB refuses new work on a connection with rows left unread.
+    rows = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchall()
+    return bool(rows[0][0])
 
 
 def stored_daily_counts(
