@@ -111,7 +111,7 @@ def stage_csv(
 def _check_dates(
     con: duckdb.DuckDBPyConnection, path: Path, date_column: str, expression: str | None
 ) -> None:
-    bad = con.execute(f"SELECT count(*) FROM staged WHERE {date_column} IS NULL").fetchone()[0]
+    bad = con.execute(f"SELECT count(*) FROM staged WHERE {date_column} IS NULL").fetchall()[0][0]
     if bad:
         examples = (
             con.execute(
