@@ -26,6 +26,7 @@ from mlops_assets.resources import (
     EvidentlyWorkspace,
     MlflowTracking,
     ReportStore,
+    ensure_table,
     table_exists,
 )
 
@@ -102,20 +103,6 @@ def _skip_day(context: dg.AssetExecutionContext, day: str, reason: str) -> None:
 # Predictions
 
 
-def _ensure_table(warehouse: DuckDBResource, table: str, frame) -> None:
-    """Create `table` with the frame's columns if it does not exist yet.
-
-    The DuckDB IO manager writes nothing for an empty frame, not even the table; downstream
-    inputs would then fail to load on a first run that met only empty days.
-    """
-    with warehouse.get_connection() as con:
-        con.register("empty_frame", frame)
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {dataset_spec.name}.{table} AS "
-            "SELECT * FROM empty_frame LIMIT 0"
-        )
-
-
 @dg.asset(**_daily, kinds={"duckdb", "scikitlearn", "mlflow"})
 def predictions(
     context: dg.AssetExecutionContext,
@@ -137,7 +124,7 @@ def predictions(
         model_name=mlflow.model_name,
     )
     if frame.empty:
-        _ensure_table(warehouse, "predictions", frame)
+        ensure_table(warehouse, f"{dataset_spec.name}.predictions", frame)
     champion = _champion_rows(frame)
     by_day = champion.groupby(_day_of(champion))
     for day in _days(context):

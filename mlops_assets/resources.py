@@ -108,6 +108,19 @@ def table_exists(con, table: str) -> bool:
     return bool(rows[0][0])
 
 
+def ensure_table(warehouse: DuckDBResource, table: str, frame: pd.DataFrame) -> None:
+    """Create `schema.name` with the frame's columns if it does not exist yet.
+
+    The DuckDB IO manager writes nothing for an empty frame, not even the table: without this,
+    a first run that met only empty days leaves nothing for SQL or downstream inputs to read.
+    """
+    schema = table.rpartition(".")[0]
+    with warehouse.get_connection() as con:
+        con.register("empty_frame", frame)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM empty_frame LIMIT 0")
+
+
 def stored_daily_counts(
     warehouse: DuckDBResource, table: str, date_column: str, start: dt.date, end: dt.date
 ) -> pd.Series:

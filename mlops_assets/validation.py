@@ -5,10 +5,11 @@ pandas there would double the time it takes to load the code location.
 """
 
 import dagster as dg
+from dagster_duckdb import DuckDBResource
 
 from mlops_assets.metadata import table_metadata
 from mlops_assets.partitions import daily_partitions, dataset_spec, partition_window, single_run
-from mlops_assets.resources import DUCKDB_POOL
+from mlops_assets.resources import DUCKDB_POOL, ensure_table
 
 QUARANTINE_SHARE_CHECK = "check_quarantine_share"
 NULL_RATE_CHECK = "check_null_rates"
@@ -53,7 +54,7 @@ SCHEMA_CHECK = "check_schema_and_dtypes"
         ),
     ],
 )
-def validate_records(context: dg.AssetExecutionContext, raw_records):
+def validate_records(context: dg.AssetExecutionContext, raw_records, warehouse: DuckDBResource):
     """Cast, check and deduplicate the raw records; failing rows go to quarantine with reasons."""
     from mlops_assets.lib import quality, validation
 
@@ -72,6 +73,9 @@ def validate_records(context: dg.AssetExecutionContext, raw_records):
         output_name="validated_records",
         metadata={**table_metadata(result.valid), **counts},
     )
+    if result.quarantined.empty:
+        # So that `SELECT ... FROM quarantined_records` works on clean data too.
+        ensure_table(warehouse, f"{spec.name}.quarantined_records", result.quarantined)
     reasons = result.quarantined["failed_check"].value_counts().head(20)
     yield dg.Output(
         result.quarantined,

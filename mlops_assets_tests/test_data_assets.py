@@ -87,6 +87,7 @@ def test_bad_rows_are_quarantined_and_a_bad_day_blocks_features(
 ):
     good = make_resources(write_csv(tmp_path / "good.csv", flights_rows))
     assert materialize(good, instance, "2013-01-02").success
+    assert daily_counts(good, "quarantined_records") == {}  # the table exists, empty
     rows = [dict(r) for r in flights_rows]
     jan_2 = [r for r in rows if (r["month"], r["day"]) == ("1", "2")]
     for row in jan_2[:10]:

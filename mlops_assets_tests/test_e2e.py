@@ -3,7 +3,8 @@
 Every server listens on 127.0.0.1 and a free port, runs in its own process group with a
 temporary Dagster instance (DAGSTER_HOME) and data directory (MLOPS_DATA_DIR), and is stopped
 through its PID. The CLI lifecycle (test 2, whose model test 3 serves) runs in a background
-thread beside the `dagster dev` test: the servers there mostly wait, and the suite is CI-bound.
+thread beside the `dagster dev` test, whose servers mostly wait: it keeps the file within its
+CI time budget on two cores.
 """
 
 import contextlib

@@ -150,7 +150,9 @@ def validate_records(
         )
         .astype("string")
     )
-    quarantined = raw.loc[reasons.index].join(reasons)
+    # Text as ingested, typed as text even when empty: the table's first write fixes its types.
+    text = [c for c in raw.columns if c != date]
+    quarantined = raw.loc[reasons.index].astype(dict.fromkeys(text, "string")).join(reasons)
     in_window = quarantined[date].between(pd.Timestamp(start), pd.Timestamp(end), inclusive="left")
     quarantined[PARTITION_COLUMN] = quarantined[date].where(in_window, pd.Timestamp(start))
     valid = typed.drop(index=reasons.index)
