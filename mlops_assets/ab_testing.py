@@ -180,7 +180,6 @@ def ab_results(
     except ValueError as error:
         raise dg.Failure(f"{experiment}: invalid A/B design ({error})") from None
     y = rows["label"].to_numpy(dtype=int)
-    y = rows["label"].to_numpy(dtype=int)
     arm = rows["arm"].to_numpy()
     control, treatment = arm == "control", arm == "treatment"
     decision = ab_testing.decide(
@@ -233,7 +232,7 @@ def ab_promotion(
     decision = ab_results["decision"]
     promoted = False
     if decision == "promote":
-        promote(
+        previous = promote(
             mlflow,
             warehouse,
             ab_results["challenger_version"],
@@ -241,7 +240,7 @@ def ab_promotion(
             evidence=ab_results["evidence"],
             run_id=context.run_id,
         )
-        promoted = True
+        promoted = previous != ab_results["challenger_version"]  # re-runs change nothing
     champion = registry.version_for_alias(mlflow.client(), mlflow.model_name, registry.CHAMPION)
     return dg.Output(
         champion,
