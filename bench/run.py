@@ -174,8 +174,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     choices = ["import", "backfill", "partition", "training"]
-    parser.add_argument("benchmarks", nargs="*", choices=choices, default=choices)
-    chosen = parser.parse_args().benchmarks
+    parser.add_argument("benchmarks", nargs="*", choices=choices, help="default: all")
+    chosen = parser.parse_args().benchmarks or choices
     home = None
     for name in chosen:
         if name == "import":

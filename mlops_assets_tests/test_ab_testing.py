@@ -97,6 +97,9 @@ def test_aliases_move_only_on_promote_and_only_past_the_gates(env):
     client.set_model_version_tag(MODEL, "2", "evaluation_gates", "passed")
     assert promote_after(env, "promote").success and champion() == "2"
     assert client.get_model_version(MODEL, "2").tags["promotion_reason"].startswith("A/B test")
+    again = promote_after(env, "promote")  # idempotent: no second promotion, no second audit row
+    (event,) = again.asset_materializations_for_node("ab_promotion")
+    assert event.metadata["promoted"].value is False
     with duckdb.connect(str(env["dir"] / "warehouse.duckdb"), read_only=True) as con:
         audit = con.sql("SELECT version, previous_version, evidence FROM flights.promotion_audit")
         assert audit.fetchall() == [("2", "1", '{"p_value": 0.001}')]
