@@ -174,8 +174,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     choices = ["import", "backfill", "partition", "training"]
-    parser.add_argument("benchmarks", nargs="*", choices=choices, help="default: all")
+    parser.add_argument("benchmarks", nargs="*", help=f"some of {choices}; default: all")
     chosen = parser.parse_args().benchmarks or choices
+    if unknown := set(chosen) - set(choices):
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {choices}")
     home = None
     for name in chosen:
         if name == "import":
