@@ -152,14 +152,18 @@ def test_a_failed_training_ends_its_mlflow_run_failed(features_stored, instance,
     assert mlflow.active_run() is None
 
 
-def test_training_before_any_data_says_what_to_run(lifecycle_resources, instance):
-    result = dg.materialize(
+def build_training_set(resources, instance, window=WINDOW):
+    return dg.materialize(
         [training.training_set],
-        resources=lifecycle_resources,
+        resources=resources,
         instance=instance,
-        run_config={"ops": {"training_set": {"config": WINDOW}}},
+        run_config={"ops": {"training_set": {"config": window}}},
         raise_on_error=False,
     )
+
+
+def test_training_before_any_data_says_what_to_run(lifecycle_resources, instance):
+    result = build_training_set(lifecycle_resources, instance)
     assert "no features are stored yet" in failure_message(result)
 
 
@@ -170,15 +174,8 @@ def test_missing_feature_days_are_named(lifecycle_resources, instance):
         resources=lifecycle_resources,
         instance=instance,
     )
-    result = dg.materialize(
-        [training.training_set],
-        resources=lifecycle_resources,
-        instance=instance,
-        run_config={"ops": {"training_set": {"config": WINDOW}}},
-        raise_on_error=False,
-    )
-    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert "features are missing for 9 day(s)" in str(failure.step_failure_data.error.message)
+    result = build_training_set(lifecycle_resources, instance)
+    assert "features are missing for 9 day(s)" in failure_message(result)
 
 
 def failure_message(result) -> str:
@@ -196,13 +193,7 @@ def failure_message(result) -> str:
     ],
 )
 def test_bad_windows_fail_before_any_work(lifecycle_resources, instance, window, message):
-    result = dg.materialize(
-        [training.training_set],
-        resources=lifecycle_resources,
-        instance=instance,
-        run_config={"ops": {"training_set": {"config": window}}},
-        raise_on_error=False,
-    )
+    result = build_training_set(lifecycle_resources, instance, window)
     assert message in failure_message(result)
 
 
