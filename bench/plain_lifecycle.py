@@ -89,7 +89,7 @@ from mlops_assets.lib import (  # noqa: E402
     sources,
     validation,
 )
-from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule  # noqa: E402
+from mlops_assets.lib.automation import DayResult, RetrainingRule, replay_rule  # noqa: E402
 from mlops_assets.lib.spec import load_spec  # noqa: E402
 
 assert "dagster" not in sys.modules, "the baseline must not import Dagster"
@@ -556,7 +556,7 @@ def monitor(
     return per_day
 
 
-def replay_rule(per_day: dict[str, dict], rule: RetrainingRule):
+def replay_retraining(per_day: dict[str, dict], rule: RetrainingRule):
     kept = sorted(per_day)[-CURSOR_DAYS_KEPT:]
     results = [
         DayResult(
@@ -567,13 +567,7 @@ def replay_rule(per_day: dict[str, dict], rule: RetrainingRule):
         )
         for day in kept
     ]
-    decisions, last = [], None
-    for newest in range(1, len(results) + 1):
-        decision = evaluate_rule(results[:newest], rule, last_retrain=last)
-        if decision.retrain:
-            decisions.append(decision)
-            last = decision.last_day
-    return decisions
+    return replay_rule(results, rule)
 
 
 # ------------------------------------------------------------------------------------------
@@ -715,7 +709,7 @@ def main() -> None:
         )
     with Stage("replay", "replay the retraining rule over the monitored days"):
         rule = RetrainingRule()
-        decisions = replay_rule(per_day, rule)
+        decisions = replay_retraining(per_day, rule)
         for decision in decisions:
             say(f"   would retrain on {decision.last_day}: {decision.reason}")
     if decisions:

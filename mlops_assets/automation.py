@@ -9,7 +9,13 @@ import json
 
 import dagster as dg
 
-from mlops_assets.lib.automation import DayResult, RetrainDecision, RetrainingRule, evaluate_rule
+from mlops_assets.lib.automation import (
+    DayResult,
+    RetrainDecision,
+    RetrainingRule,
+    evaluate_rule,
+    replay_rule,
+)
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import DatasetSource
 
@@ -74,14 +80,7 @@ def day_results(days: dict) -> list[DayResult]:
 
 def replay_retraining(instance: dg.DagsterInstance, rule: RetrainingRule) -> list[RetrainDecision]:
     """The retrainings the sensor would have requested, had it ticked once per monitored day."""
-    results = day_results(collect_day_results(instance, {})["days"])
-    decisions, last = [], None
-    for newest in range(1, len(results) + 1):
-        decision = evaluate_rule(results[:newest], rule, last_retrain=last)
-        if decision.retrain:
-            decisions.append(decision)
-            last = decision.last_day
-    return decisions
+    return replay_rule(day_results(collect_day_results(instance, {})["days"]), rule)
 
 
 def retraining_request(decision: RetrainDecision, rule: RetrainingRule) -> dg.RunRequest:

@@ -57,7 +57,7 @@ def run_job(
 
 
 def metadata(result, asset: str) -> dict:
-    (materialization,) = result.asset_materializations_for_node(asset)[-1:]
+    materialization = result.asset_materializations_for_node(asset)[-1]
     return {k: v.value for k, v in materialization.metadata.items()}
 
 

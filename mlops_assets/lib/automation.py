@@ -105,3 +105,15 @@ def evaluate_rule(
     return RetrainDecision(
         True, f"{reason} on {len(streak)} consecutive days to {newest}", tuple(streak)
     )
+
+
+def replay_rule(results: list[DayResult], rule: RetrainingRule) -> list[RetrainDecision]:
+    """The retrainings a sensor ticking once per day would request, oldest first."""
+    results = sorted(results, key=lambda r: r.day)
+    decisions, last = [], None
+    for newest in range(1, len(results) + 1):
+        decision = evaluate_rule(results[:newest], rule, last_retrain=last)
+        if decision.retrain:
+            decisions.append(decision)
+            last = decision.last_day
+    return decisions

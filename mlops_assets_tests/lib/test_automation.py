@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule
+from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule, replay_rule
 
 RULE = RetrainingRule(max_drift_share=0.3, min_auc_ratio=0.9, consecutive_days=3, cooldown_days=10)
 JULY = dt.date(2013, 7, 1)
@@ -58,3 +58,13 @@ def test_no_results_and_bad_rules():
     assert evaluate_rule([], RULE, last_retrain=None).reason == "no monitoring results yet"
     with pytest.raises(ValueError):
         RetrainingRule(consecutive_days=0)
+
+
+def test_replaying_the_rule_day_by_day_honours_the_cooldown():
+    results = days([0.5] * 30)
+    decisions = replay_rule(list(reversed(results)), RULE)
+    assert [d.last_day for d in decisions] == [
+        dt.date(2013, 7, 3),
+        dt.date(2013, 7, 13),
+        dt.date(2013, 7, 23),
+    ]
