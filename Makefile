@@ -5,7 +5,7 @@ export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 
-.PHONY: setup run lifecycle data dev mlflow evidently test lint format bench clean
+.PHONY: setup run lifecycle data dev mlflow serve evidently test lint format bench clean
 
 setup:  ## install uv if missing, then the locked environment into .venv
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
@@ -25,6 +25,10 @@ dev:  ## the Dagster UI and daemon on http://127.0.0.1:3000
 
 mlflow:  ## the MLflow UI on http://127.0.0.1:5000 (runs, trials, artifacts, registry)
 	$(RUN) mlflow ui --backend-store-uri sqlite:///data/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+serve:  ## the champion over REST on http://127.0.0.1:5001 (MLflow starts uvicorn from PATH)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/data/mlflow/mlflow.db \
+		$(RUN) mlflow models serve -m models:/flights_model@champion --env-manager local -h 127.0.0.1 -p 5001
 
 evidently:  ## the Evidently UI on http://127.0.0.1:8000 (daily drift snapshots)
 	$(RUN) evidently ui --workspace data/evidently --host 127.0.0.1 --port 8000

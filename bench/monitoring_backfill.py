@@ -74,7 +74,7 @@ def setup(root: Path) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = registry.client(uri)
     experiment = registry.ensure_experiment(client, "bench", str(root / "artifacts"))
-    with mlflow.start_run(experiment_id=experiment):
+    with registry.scoped_tracking(uri), mlflow.start_run(experiment_id=experiment):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()})
         mlflow.sklearn.log_model(
             pipeline,

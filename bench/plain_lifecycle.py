@@ -150,25 +150,6 @@ class Warehouse:
         )
         self.con.unregister("frame_to_write")
 
-    def audit(self, version: str, previous: str, reason: str, evidence: dict) -> None:
-        self.con.execute(
-            f"CREATE TABLE IF NOT EXISTS {SPEC.name}.promotion_audit (promoted_at TIMESTAMP, "
-            "model_name VARCHAR, version VARCHAR, previous_version VARCHAR, reason VARCHAR, "
-            "evidence JSON, dagster_run_id VARCHAR)"
-        )
-        self.con.execute(
-            f"INSERT INTO {SPEC.name}.promotion_audit VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                dt.datetime.now(),
-                MODEL_NAME,
-                version,
-                previous,
-                reason,
-                json.dumps(evidence, default=str),
-                "plain",
-            ],
-        )
-
 
 # ------------------------------------------------------------------------------------------
 # 1. Data
@@ -240,33 +221,26 @@ class Tracking:
         (data_dir / "mlflow").mkdir(parents=True, exist_ok=True)
         self.uri = f"sqlite:///{(data_dir / 'mlflow' / 'mlflow.db').resolve()}"
         self.client = registry.client(self.uri)
+        # A script of its own: its process may use MLflow's fluent API on one store throughout.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
         experiment_id = registry.ensure_experiment(
             self.client, EXPERIMENT, str((data_dir / "mlflow" / "artifacts").resolve())
         )
         mlflow.set_experiment(experiment_id=experiment_id)
 
 
-def serving_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{p}=={version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy")]
-
-
-def promote(tracking: Tracking, wh: Warehouse, version: str, previous, reason: str, evidence):
-    client = tracking.client
-    gates = client.get_model_version(MODEL_NAME, version).tags.get("evaluation_gates")
-    if gates != "passed":
-        raise ValueError(f"version {version} cannot be promoted: gates {gates}")
-    client.set_registered_model_alias(MODEL_NAME, registry.CHAMPION, version)
-    tags = {
-        "promoted_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-        "promotion_reason": reason,
-        "previous_champion": previous or "none",
-        "promoted_by_dagster_run": "plain",
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    wh.audit(version, previous or "none", reason, evidence)
+def promote(tracking: Tracking, wh: Warehouse, version: str, reason: str, evidence) -> None:
+    registry.promote(
+        tracking.client,
+        wh.con,
+        MODEL_NAME,
+        version,
+        reason=reason,
+        evidence=evidence,
+        run_id="plain",
+        schema=SPEC.name,
+    )
 
 
 def train(
@@ -335,7 +309,7 @@ def train(
             signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
             input_example=example,
             skops_trusted_types=modeling.skops_trusted_types(estimator),
-            pip_requirements=serving_requirements(),
+            pip_requirements=registry.serving_requirements(),
         )
         version = str(logged.registered_model_version)
         client = tracking.client
@@ -389,7 +363,6 @@ def train(
             tracking,
             wh,
             version,
-            None,
             "first model to pass the evaluation gates",
             {"evaluation": metrics},
         )
@@ -441,6 +414,7 @@ def monitor(
         prediction_threshold=1.0,
         drift_share=0.5,
     )
+    columns = {"numeric": NUMERIC, "categorical": CATEGORICAL, "prediction": PROBABILITY}
     days = [str(d.date()) for d in pd.date_range(start, end)]
     by_day = current.groupby(current[DATE].dt.strftime("%Y-%m-%d"))
     drift_rows, snapshots, per_day = [], [], {}
@@ -449,40 +423,20 @@ def monitor(
             continue
         html_path = reports / "drift" / f"{day}.html" if day == days[-1] else None
         result = drift.compute_drift(
-            reference,
-            by_day.get_group(day),
-            numeric=NUMERIC,
-            categorical=CATEGORICAL,
-            prediction=PROBABILITY,
-            settings=settings,
-            html_path=html_path,
-            timestamp=dt.datetime.fromisoformat(day),
-            tags=[day],
-        )
+            reference, by_day.get_group(day), **columns, settings=settings, html_path=html_path,
+            timestamp=dt.datetime.fromisoformat(day), tags=[day],
+        )  # fmt: skip
         snapshots.append(result.snapshot)
-        cols = result.columns
-        row = {
-            DATE: pd.Timestamp(day),
-            "n_rows": int(result.n_rows),
-            "n_reference_rows": len(reference),
-            "drift_share": float(result.drift_share),
-            "n_drifted_columns": int(result.n_drifted),
-            "n_tested_columns": int(result.n_columns),
-            "dataset_drift": bool(result.dataset_drift),
-            "prediction_drift_score": float(result.prediction_score)
-            if result.prediction_score is not None
-            else float("nan"),
-            "prediction_drifted": bool(result.prediction_drifted),
-            "drifted_columns": ", ".join(cols.index[cols["drifted"]]),
-            "skipped_columns": ", ".join(result.skipped_columns),
-            "html_report": str(html_path or ""),
-        }
-        for column in SPEC.features:
-            score = cols["score"].get(column) if column in cols.index else None
-            row[monitoring.drift_score_column(column)] = (
-                float("nan") if score is None else float(score)
+        drift_rows.append(
+            monitoring.drift_row(
+                result,
+                date_column=DATE,
+                day=day,
+                features=list(SPEC.features),
+                n_reference=len(reference),
+                html=str(html_path or ""),
             )
-        drift_rows.append(row)
+        )
         per_day[day] = {"drift_share": float(result.drift_share)}
     drift.save_snapshots_to_workspace(snapshots, data_dir / "evidently", f"{SPEC.name} drift")
     drift_table = pd.DataFrame(drift_rows)
@@ -651,7 +605,6 @@ def ab_decide(outcomes, experiment, champion, challenger, *, wh, tracking, repor
             tracking,
             wh,
             challenger["version"],
-            champion_version,
             f"A/B test {experiment}",
             decision.to_metadata(),
         )

@@ -10,9 +10,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
-from mlops_assets.promotion import promote
-from mlops_assets.resources import DUCKDB_POOL, MlflowTracking, ReportStore
-from mlops_assets.training import OBJECT_IO_MANAGER
+from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking, ReportStore
 
 GROUP = "ab_testing"
 OUTCOMES_TABLE = f"{dataset_spec.name}.ab_outcomes"
@@ -27,7 +25,8 @@ class AssignmentConfig(dg.Config):
     )
     excluded_share: float = Field(default=0.10, description="Share held out of the experiment.")
     label_delay_days: int = Field(
-        default=1, description="Labels of day D are known from D + this many days."
+        default=dataset_spec.target.label_delay_days,
+        description="Labels of day D are known from D + this many days.",
     )
 
 
@@ -152,14 +151,14 @@ def ab_results(
     The fixed-horizon stopping rule is enforced: before the sample size the design requires,
     the decision is "inconclusive" whatever the p-value, so peeking cannot promote.
     """
-    from mlops_assets.lib import ab_testing, registry
+    from mlops_assets.lib import ab_testing
     from mlops_assets.lib.sources import to_pandas
 
     client = mlflow.client()
-    champion = registry.version_for_alias(client, mlflow.model_name, registry.CHAMPION)
-    challenger = registry.version_for_alias(client, mlflow.model_name, registry.CHALLENGER)
-    if champion is None or challenger is None or champion.version == challenger.version:
+    serving = mlflow.serving_models()
+    if not serving.experiment_running:
         raise dg.Failure("no experiment: the registry has no challenger distinct from the champion")
+    champion, challenger = serving.champion, serving.challenger
     experiment = experiment_name(mlflow.model_name, champion.version, challenger.version)
     spec = dataset_spec
     order = ", ".join([spec.date.column, *spec.key])
@@ -232,16 +231,19 @@ def ab_promotion(
     decision = ab_results["decision"]
     promoted = False
     if decision == "promote":
-        previous = promote(
-            mlflow,
-            warehouse,
-            ab_results["challenger_version"],
-            reason=f"A/B test {ab_results['experiment']}",
-            evidence=ab_results["evidence"],
-            run_id=context.run_id,
-        )
+        with warehouse.get_connection() as con:
+            previous = registry.promote(
+                mlflow.client(),
+                con,
+                mlflow.model_name,
+                ab_results["challenger_version"],
+                reason=f"A/B test {ab_results['experiment']}",
+                evidence=ab_results["evidence"],
+                run_id=context.run_id,
+                schema=dataset_spec.name,
+            )
         promoted = previous != ab_results["challenger_version"]  # re-runs change nothing
-    champion = registry.version_for_alias(mlflow.client(), mlflow.model_name, registry.CHAMPION)
+    champion = mlflow.serving_models().champion
     return dg.Output(
         champion,
         metadata={

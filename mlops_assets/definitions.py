@@ -18,6 +18,7 @@ from mlops_assets import (
 )
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import (
+    OBJECT_IO_MANAGER,
     DatasetSource,
     DuckDBFrameIOManager,
     EvidentlyWorkspace,
@@ -25,11 +26,9 @@ from mlops_assets.resources import (
     ReportStore,
     data_dir,
 )
-from mlops_assets.training import OBJECT_IO_MANAGER
 
 
 def build_resources() -> dict:
-    (data_dir() / "mlflow").mkdir(parents=True, exist_ok=True)
     warehouse = str(data_dir() / "warehouse.duckdb")
     return {
         "io_manager": DuckDBFrameIOManager(database=warehouse, schema=dataset_spec.name),

@@ -7,12 +7,10 @@ import dagster as dg
 from pydantic import Field
 
 from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import MlflowTracking, ReportStore
-from mlops_assets.training import OBJECT_IO_MANAGER, split_parts
+from mlops_assets.resources import OBJECT_IO_MANAGER, MlflowTracking, ReportStore
 
 BEATS_BASELINE = "check_beats_baseline"
 NOT_WORSE_THAN_CHAMPION = "check_not_worse_than_champion"
-LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 
 
 class EvaluationConfig(dg.Config):
@@ -25,11 +23,6 @@ class EvaluationConfig(dg.Config):
         default=0.01,
         description="The model may be at most this much worse than the champion on the same data.",
     )
-
-
-def improvement(metric: str, model: float, reference: float) -> float:
-    """How much better `model` is than `reference` (positive is better, whatever the metric)."""
-    return reference - model if metric in LOWER_IS_BETTER else model - reference
 
 
 def png_markdown(path) -> dg.MetadataValue:
@@ -69,7 +62,7 @@ def evaluation(
     """Test metrics of the model beside the prior baseline and the champion; plots; gates."""
     from mlops_assets.lib import evaluation as lib
     from mlops_assets.lib import registry
-    from mlops_assets.lib.modeling import features_and_label
+    from mlops_assets.lib.modeling import features_and_label, split_parts
 
     spec = dataset_spec
     parts = split_parts(training_set)
@@ -77,7 +70,7 @@ def evaluation(
     X, y = features_and_label(
         test, spec.categorical_features, spec.numeric_features, spec.target.name
     )
-    proba = registry.load_pipeline(model).predict_proba(X)[:, 1]
+    proba = mlflow.load_pipeline(model).predict_proba(X)[:, 1]
     metrics = lib.classification_metrics(y, proba, config.threshold)
     baseline = lib.baseline_metrics(train[spec.target.name].to_numpy(), y)
 
@@ -85,7 +78,7 @@ def evaluation(
     champion = registry.version_for_alias(client, model.name, registry.CHAMPION)
     champion_proba, champion_metrics = None, None
     if champion is not None and champion.version != model.version:
-        champion_proba = registry.load_pipeline(champion).predict_proba(X)[:, 1]
+        champion_proba = mlflow.load_pipeline(champion).predict_proba(X)[:, 1]
         champion_metrics = lib.classification_metrics(y, champion_proba, config.threshold)
 
     directory = reports.folder("evaluation", f"{model.name}-v{model.version}")
@@ -104,15 +97,15 @@ def evaluation(
     _log_to_run(client, model.run_id, metrics, directory)
 
     gate = config.gate_metric
-    lift = improvement(gate, metrics[gate], baseline[gate])
+    lift = lib.improvement(gate, metrics[gate], baseline[gate])
     beats_baseline = lift >= config.min_lift_over_baseline
-    gap = improvement(gate, metrics[gate], champion_metrics[gate]) if champion_metrics else 0.0
+    gap = lib.improvement(gate, metrics[gate], champion_metrics[gate]) if champion_metrics else 0.0
     not_worse = gap >= -config.champion_tolerance
     client.set_model_version_tag(
         model.name,
         model.version,
-        "evaluation_gates",
-        "passed" if beats_baseline and not_worse else "failed",
+        registry.GATES_TAG,
+        registry.GATES_PASSED if beats_baseline and not_worse else "failed",
     )
 
     yield dg.Output(
@@ -175,8 +168,7 @@ def feature_importance(
 ):
     """Permutation importance of each feature on the test days: the drop in score when shuffled."""
     from mlops_assets.lib import evaluation as lib
-    from mlops_assets.lib import registry
-    from mlops_assets.lib.modeling import features_and_label
+    from mlops_assets.lib.modeling import features_and_label, split_parts
 
     spec = dataset_spec
     test = split_parts(training_set)["test"]
@@ -184,7 +176,7 @@ def feature_importance(
         test, spec.categorical_features, spec.numeric_features, spec.target.name
     )
     table = lib.permutation_importance_table(
-        registry.load_pipeline(model),
+        mlflow.load_pipeline(model),
         X,
         y,
         scoring=config.scoring,

@@ -7,22 +7,19 @@ partitions are replaced, and a retrained model is a new challenger.
 
 import argparse
 import datetime as dt
+import logging
 import os
 import sys
 import time
 import warnings
 
-# One planned event per asset for a range run instead of one per day and asset: halves the event
-# log writes of a year-long run. (Dagster's trade-off: a failed range run does not mark its
-# partitions failed; they show as missing.)
-os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
-
 import dagster as dg
 
-from mlops_assets.automation import replay_retraining, retraining_request
-from mlops_assets.definitions import defs
 from mlops_assets.lib.automation import RetrainingRule
 from mlops_assets.partitions import dataset_spec
+
+VERBOSE_ENV = "MLOPS_VERBOSE"
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def say(message: str) -> None:
@@ -30,16 +27,31 @@ def say(message: str) -> None:
 
 
 def run_job(
-    instance, name: str, title: str, *, start=None, end=None, config=None, tags=None, assets=None
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    name: str,
+    title: str,
+    *,
+    quiet: bool,
+    start=None,
+    end=None,
+    config=None,
+    tags=None,
+    assets=None,
 ):
-    """Execute a job in this process on the instance, over a partition range when given."""
+    """Execute a job in this process on the instance, over a partition range when given.
+
+    The terminal shows one line per stage; every event still goes to the run storage (the UI).
+    """
     tags = dict(tags or {})
+    if quiet:
+        config = {**(config or {}), **QUIET_LOGGERS}
     if start is not None:
         tags |= {
             "dagster/asset_partition_range_start": str(start),
             "dagster/asset_partition_range_end": str(end),
         }
-    say(f"-> {title}")
+    print(f"-> {title} ...", end="", flush=True)
     began = time.perf_counter()
     result = defs.resolve_job_def(name).execute_in_process(
         instance=instance,
@@ -50,9 +62,9 @@ def run_job(
     )
     elapsed = time.perf_counter() - began
     if not result.success:
-        say(f"   FAILED after {elapsed:.0f} s (run {result.run_id}); see `dagster dev`")
+        say(f" FAILED after {elapsed:.0f} s (run {result.run_id}); see `make dev` or run with -v")
         sys.exit(1)
-    say(f"   done in {elapsed:.0f} s (run {result.run_id[:8]})")
+    say(f" done in {elapsed:.0f} s (run {result.run_id[:8]})")
     return result
 
 
@@ -63,8 +75,28 @@ def metadata(result, asset: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args()
-    warnings.filterwarnings("ignore")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"show Dagster's and MLflow's logs in the terminal (or set {VERBOSE_ENV}=1)",
+    )
+    args = parser.parse_args()
+    quiet = not (args.verbose or os.environ.get(VERBOSE_ENV))
+    if quiet:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # Dagster flags parameters this project relies on (`backfill_policy` for single-run
+        # backfills, `pool`, dagster-mlflow) as beta or preview on every definition: nothing a
+        # user of the lifecycle can act on.
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    # One planned event per asset for a range run instead of one per day and asset: halves the
+    # event log writes of a year-long run. (Dagster's trade-off: a failed range run does not mark
+    # its partitions failed; they show as missing.)
+    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    from mlops_assets.automation import replay_retraining, retraining_request
+    from mlops_assets.definitions import defs
+
     spec = dataset_spec
     window = spec.default_training_window
     monitor_start, monitor_end = window.end + dt.timedelta(days=1), spec.date.end
@@ -73,22 +105,28 @@ def main() -> None:
     with dg.DagsterInstance.get() as instance:
         say(f"mlops_assets lifecycle on {spec.name} ({spec.date.start}..{spec.date.end})")
         run_job(
+            defs,
             instance,
             "data_job",
             f"ingest, validate, build features: {spec.date.start}..{spec.date.end}",
+            quiet=quiet,
             start=spec.date.start,
             end=spec.date.end,
         )
         trained = run_job(
+            defs,
             instance,
             "training_job",
             f"train, evaluate, register a model on {window.start}..{window.end}",
+            quiet=quiet,
         )
         evaluation = metadata(trained, "evaluation")
         run_job(
+            defs,
             instance,
             "monitoring_job",
             f"score, check drift and performance: {monitor_start}..{monitor_end}",
+            quiet=quiet,
             start=monitor_start,
             end=monitor_end,
             # No challenger yet: A/B outcomes would only record 184 empty days.
@@ -110,16 +148,18 @@ def main() -> None:
             ab_start = monitor_start
             config = {"ops": {"model": {"config": {"estimator": "random_forest"}}}}
             tags, title = {}, "train a random-forest challenger"
-        run_job(instance, "training_job", title, config=config, tags=tags)
+        run_job(defs, instance, "training_job", title, quiet=quiet, config=config, tags=tags)
         run_job(
+            defs,
             instance,
             "monitoring_job",
             f"shadow-score champion and challenger, A/B outcomes: {ab_start}..{monitor_end}",
+            quiet=quiet,
             start=ab_start,
             end=monitor_end,
             assets=["predictions", "ab_outcomes"],
         )
-        ab = run_job(instance, "ab_job", "A/B test and promotion decision")
+        ab = run_job(defs, instance, "ab_job", "A/B test and promotion decision", quiet=quiet)
         results = metadata(ab, "ab_results")
         promotion = metadata(ab, "ab_promotion")
 

@@ -33,8 +33,7 @@ from mlops_assets.resources import (
 GROUP = "monitoring"
 DRIFT_CHECK = "check_drift_share"
 PERFORMANCE_CHECK = "check_performance_against_test_metrics"
-TRAINING_SET_SPLIT_COLUMN = "split"  # of the training_set table; its "train" rows are the reference
-DEFAULT_LABEL_DELAY_DAYS = 1
+LABEL_DELAY_DAYS = dataset_spec.target.label_delay_days
 PROBABILITY = "probability"
 
 _date = dataset_spec.date.column
@@ -56,26 +55,18 @@ def _pipeline(tracking_uri: str, name: str, version: str):
     """A registered version's pipeline, loaded once per process (predictions and drift share it)."""
     from mlops_assets.lib import registry
 
-    registry.client(tracking_uri)
-    return registry.load_pipeline(registry.ModelRef(name, version, run_id=""))
+    return registry.load_pipeline(registry.ModelRef(name, version, run_id=""), tracking_uri)
 
 
 def _serving_models(mlflow: MlflowTracking) -> list[tuple[str, str]]:
     """(alias, version) of the champion, and of the challenger when it is another version."""
-    from mlops_assets.lib import registry
-
-    client = mlflow.client()
-    champion = registry.version_for_alias(client, mlflow.model_name, registry.CHAMPION)
-    if champion is None:
+    models = mlflow.serving_models().scored()
+    if not models:
         raise dg.Failure(
             f"no model version of {mlflow.model_name!r} holds the alias 'champion': train and "
             "promote a model before monitoring"
         )
-    models = [(registry.CHAMPION, champion.version)]
-    challenger = registry.version_for_alias(client, mlflow.model_name, registry.CHALLENGER)
-    if challenger is not None and challenger.version != champion.version:
-        models.append((registry.CHALLENGER, challenger.version))
-    return models
+    return [(alias, ref.version) for alias, ref in models]
 
 
 def _champion_rows(predictions):
@@ -196,6 +187,8 @@ class DriftConfig(dg.Config):
 
 def _read_reference(warehouse: DuckDBResource, config: DriftConfig):
     """The reference rows (date + feature columns): the training set's train split, or a window."""
+    from mlops_assets.lib.modeling import SPLIT_COLUMN
+
     spec = dataset_spec
     columns = ", ".join([_date, *spec.categorical_features, *spec.numeric_features])
     if (config.reference_start is None) != (config.reference_end is None):
@@ -205,10 +198,7 @@ def _read_reference(warehouse: DuckDBResource, config: DriftConfig):
         params = [config.reference_start, config.reference_end]
         where = f"{spec.name}.features in [{config.reference_start}, {config.reference_end})"
     else:
-        query = (
-            f"SELECT {columns} FROM {spec.name}.training_set "
-            f"WHERE {TRAINING_SET_SPLIT_COLUMN} = 'train'"
-        )
+        query = f"SELECT {columns} FROM {spec.name}.training_set WHERE {SPLIT_COLUMN} = 'train'"
         params, where = [], f"the train split of {spec.name}.training_set"
     with warehouse.get_connection() as con:
         try:
@@ -218,34 +208,6 @@ def _read_reference(warehouse: DuckDBResource, config: DriftConfig):
     if reference.empty:
         raise dg.Failure(f"the drift reference ({where}) has no rows")
     return reference, where
-
-
-def _drift_row(day: str, result, n_reference: int, html: str) -> dict:
-    import pandas as pd
-
-    from mlops_assets.lib.monitoring import drift_score_column
-
-    columns = result.columns
-    row = {
-        _date: pd.Timestamp(day),
-        "n_rows": int(result.n_rows),
-        "n_reference_rows": n_reference,
-        "drift_share": float(result.drift_share),
-        "n_drifted_columns": int(result.n_drifted),
-        "n_tested_columns": int(result.n_columns),
-        "dataset_drift": bool(result.dataset_drift),
-        "prediction_drift_score": float(result.prediction_score)
-        if result.prediction_score is not None
-        else float("nan"),
-        "prediction_drifted": bool(result.prediction_drifted),
-        "drifted_columns": ", ".join(columns.index[columns["drifted"]]),
-        "skipped_columns": ", ".join(result.skipped_columns),
-        "html_report": html,
-    }
-    for column in dataset_spec.features:  # fixed order: the table inserts by position
-        score = columns["score"].get(column) if column in columns.index else None
-        row[drift_score_column(column)] = float("nan") if score is None else float(score)
-    return row
 
 
 @dg.asset(
@@ -275,7 +237,7 @@ def drift_report(
     import pandas as pd
 
     from mlops_assets.lib.drift import DriftSettings, compute_drift, save_snapshots_to_workspace
-    from mlops_assets.lib.monitoring import constant_within_batches
+    from mlops_assets.lib.monitoring import constant_within_batches, drift_row
 
     spec = dataset_spec
     numeric, categorical = spec.numeric_features, spec.categorical_features
@@ -327,7 +289,16 @@ def drift_report(
             tags=[day],
         )
         snapshots.append(result.snapshot)
-        rows.append(_drift_row(day, result, len(reference), str(html_path or "")))
+        rows.append(
+            drift_row(
+                result,
+                date_column=_date,
+                day=day,
+                features=list(spec.features),
+                n_reference=len(reference),
+                html=str(html_path or ""),
+            )
+        )
         metadata = {**result.to_metadata(), "dagster/partition_row_count": 1}
         if html_path is not None:
             metadata["html_report"] = dg.MetadataValue.path(str(html_path))
@@ -371,7 +342,7 @@ def drift_report(
 
 class PerformanceConfig(dg.Config):
     label_delay_days: int = Field(
-        default=DEFAULT_LABEL_DELAY_DAYS,
+        default=LABEL_DELAY_DAYS,
         description="Labels of day D are usable from D + k, relative to today (the real date, or "
         f"${REPLAY_DATE_ENV} when set); earlier days are left for a later run.",
     )
@@ -387,13 +358,6 @@ class PerformanceConfig(dg.Config):
     min_labelled_records: int = Field(
         default=100, description="Days with fewer labelled records are stored but not judged."
     )
-
-
-def _test_metrics(mlflow: MlflowTracking, version: str) -> dict[str, float]:
-    client = mlflow.client()
-    run_id = client.get_model_version(mlflow.model_name, version).run_id
-    metrics = client.get_run(run_id).data.metrics
-    return {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
 
 
 @dg.asset(
@@ -422,6 +386,7 @@ def performance(
     from mlops_assets.lib.clock import labels_usable, today
     from mlops_assets.lib.evaluation import METRIC_NAMES
     from mlops_assets.lib.monitoring import daily_performance, relative_drops
+    from mlops_assets.lib.registry import test_metrics
 
     spec = dataset_spec
     now = today()
@@ -448,7 +413,7 @@ def performance(
             continue
         version = str(rows_of_day["model_version"].iloc[0])
         if version not in reference:
-            reference[version] = _test_metrics(mlflow, version)
+            reference[version] = test_metrics(mlflow.client(), mlflow.model_name, version)
         drops = {}
         if metrics["n"] >= config.min_labelled_records:
             judged += 1
@@ -610,13 +575,13 @@ def monitoring_schedule(context: dg.ScheduleEvaluationContext):
     now = today() if replaying else context.scheduled_execution_time.date()
     first, last = dataset_spec.date.start, dataset_spec.date.end
     newest = now - dt.timedelta(days=1)
-    labelled = now - dt.timedelta(days=DEFAULT_LABEL_DELAY_DAYS)
+    labelled = now - dt.timedelta(days=LABEL_DELAY_DAYS)
     if not first <= newest <= last:
         return dg.SkipReason(
             f"no partition for {newest} (data span {first}..{last}); set {REPLAY_DATE_ENV} "
             "to replay a date of the data"
         )
-    performance_config = {"label_delay_days": DEFAULT_LABEL_DELAY_DAYS}
+    performance_config = {"label_delay_days": LABEL_DELAY_DAYS}
     run_config = {"ops": {"performance": {"config": performance_config}}}
     requests = [
         dg.RunRequest(

@@ -7,13 +7,12 @@ import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from dagster._core.storage.db_io_manager import DbTypeHandler
 from dagster_duckdb import DuckDBIOManager, DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from mlops_assets.lib.spec import DatasetSpec
 
@@ -22,6 +21,8 @@ if TYPE_CHECKING:
 
 DUCKDB_POOL = "duckdb"
 """Concurrency pool of every step that writes the DuckDB file (one writer at a time)."""
+OBJECT_IO_MANAGER = "object_io_manager"
+"""IO manager of small Python values (model references, results): pickled on the filesystem."""
 
 
 def data_dir() -> Path:
@@ -139,10 +140,10 @@ def stored_daily_counts(
 
 
 class MlflowTracking(dg.ConfigurableResource):
-    """MLflow tracking and model registry, through dagster-mlflow.
+    """MLflow tracking and model registry, through one client bound to `tracking_uri`.
 
     `tracking_uri` defaults to a local SQLite store under $MLOPS_DATA_DIR/mlflow; set it (or
-    MLFLOW_TRACKING_URI) to use a tracking server.
+    MLFLOW_TRACKING_URI) to use a tracking server. Nothing process-wide is changed outside `run`.
     """
 
     tracking_uri: str = Field(description="MLflow tracking and registry URI.")
@@ -153,13 +154,32 @@ class MlflowTracking(dg.ConfigurableResource):
         default="http://127.0.0.1:5000",
         description="Base URL of the MLflow UI, for links in Dagster metadata.",
     )
+    _client: Any = PrivateAttr(default=None)
 
     def client(self):
+        """The MlflowClient of this store, with the experiment created on first use."""
+        if self._client is None:
+            from mlops_assets.lib import registry
+
+            if self.tracking_uri.startswith("sqlite:///"):
+                Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                    parents=True, exist_ok=True
+                )
+            mlflow_client = registry.client(self.tracking_uri)
+            registry.ensure_experiment(mlflow_client, self.experiment_name, self.artifact_location)
+            self._client = mlflow_client
+        return self._client
+
+    def serving_models(self):
+        """The champion, and the challenger when it is another version."""
         from mlops_assets.lib import registry
 
-        mlflow_client = registry.client(self.tracking_uri)
-        registry.ensure_experiment(mlflow_client, self.experiment_name, self.artifact_location)
-        return mlflow_client
+        return registry.serving_models(self.client(), self.model_name)
+
+    def load_pipeline(self, ref):
+        from mlops_assets.lib import registry
+
+        return registry.load_pipeline(ref, self.tracking_uri)
 
     @contextmanager
     def run(self, context: dg.AssetExecutionContext, tags: dict[str, str] | None = None):
@@ -167,36 +187,41 @@ class MlflowTracking(dg.ConfigurableResource):
 
         dagster-mlflow finds the MLflow run tagged with this Dagster run's id (or starts it), so
         every step of one Dagster run logs to one MLflow run. Its resource would leave that run
-        active and RUNNING in the process; here each step ends it, FINISHED or FAILED, and the
-        next step of the same Dagster run reopens it.
+        active and RUNNING in the process, and the tracking URI set process-wide; here each step
+        ends the run, FINISHED or FAILED, the next step of the same Dagster run reopens it, and
+        MLflow's global settings are restored afterwards.
         """
         import mlflow
         from dagster_mlflow.resources import MlFlow
 
+        from mlops_assets.lib.registry import scoped_tracking
+
         self.client()
-        stale = mlflow.active_run()
-        if stale is not None and stale.data.tags.get("dagster_run_id") != context.run_id:
-            mlflow.end_run("KILLED")  # left behind by another Dagster run in this process
-        config = {
-            "experiment_name": self.experiment_name,
-            "mlflow_tracking_uri": self.tracking_uri,
-            "extra_tags": tags or {},
-        }
-        MlFlow(
-            SimpleNamespace(
-                log=context.log,
+        with scoped_tracking(self.tracking_uri):
+            stale = mlflow.active_run()
+            if stale is not None and stale.data.tags.get("dagster_run_id") != context.run_id:
+                mlflow.end_run("KILLED")  # left behind by another Dagster run in this process
+            init_context = dg.InitResourceContext(
+                resource_config={
+                    "experiment_name": self.experiment_name,
+                    "mlflow_tracking_uri": self.tracking_uri,
+                    "extra_tags": tags or {},
+                },
+                resources=context.resources,
+                resource_def=None,
+                all_resource_defs={},
+                instance=context.instance,
                 dagster_run=context.run,
-                run_id=context.run_id,
-                resource_config=config,
+                log_manager=context.log,
             )
-        )
-        run = mlflow.active_run()
-        try:
-            yield run
-        except BaseException:
-            mlflow.end_run("FAILED")
-            raise
-        mlflow.end_run("FINISHED")
+            MlFlow(init_context)
+            run = mlflow.active_run()
+            try:
+                yield run
+            except BaseException:
+                mlflow.end_run("FAILED")
+                raise
+            mlflow.end_run("FINISHED")
 
     def run_url(self, run_id: str) -> str:
         experiment = self.client().get_run(run_id).info.experiment_id

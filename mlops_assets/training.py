@@ -9,13 +9,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.features import features
 from mlops_assets.metadata import table_metadata
 from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import DUCKDB_POOL, MlflowTracking, table_exists
+from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking, table_exists
 
-SPLIT_COLUMN = "split"
-OBJECT_IO_MANAGER = "object_io_manager"
 _window = dataset_spec.default_training_window
 
 
@@ -68,7 +65,7 @@ def window_dates(config: TrainingSetConfig) -> tuple[dt.date, dt.date]:
 
 
 @dg.asset(
-    deps=[features],
+    deps=["features"],
     group_name="training",
     kinds={"duckdb", "pandas"},
     pool=DUCKDB_POOL,
@@ -79,7 +76,7 @@ def training_set(
     """Labelled feature rows of the training window, split in time order (test = latest days)."""
     import pandas as pd
 
-    from mlops_assets.lib.modeling import hash_frame, time_split
+    from mlops_assets.lib.modeling import SPLIT_COLUMN, hash_frame, time_split
     from mlops_assets.lib.sources import to_pandas
 
     spec = dataset_spec
@@ -161,16 +158,6 @@ def code_version() -> str:
         return f"mlops_assets=={version('mlops_assets')}"
 
 
-def serving_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{p}=={version(p)}" for p in ("mlflow", "scikit-learn", "skops", "pandas", "numpy")]
-
-
-def split_parts(training_set) -> dict[str, Any]:
-    return {name: part for name, part in training_set.groupby(SPLIT_COLUMN, sort=False)}
-
-
 @dg.asset(
     group_name="training",
     kinds={"mlflow", "scikitlearn"},
@@ -191,7 +178,7 @@ def model(
 
     spec = dataset_spec
     categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
-    parts = split_parts(training_set)
+    parts = modeling.split_parts(training_set)
     train, validation = parts["train"], parts.get("validation")
     dates = training_set[spec.date.column]
     lineage = {
@@ -256,9 +243,7 @@ def model(
             signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
             input_example=example,
             skops_trusted_types=modeling.skops_trusted_types(config.estimator),
-            # Pinned from this environment: MLflow's own inference exports the whole lock file
-            # (seconds per model) and would list far more than serving needs.
-            pip_requirements=serving_requirements(),
+            pip_requirements=registry.serving_requirements(),
         )
         version = str(logged.registered_model_version)
         client = mlflow.client()

@@ -1,17 +1,29 @@
-"""Shared fixtures: a small slice of the real flights data, resources on a temporary directory."""
+"""Shared fixtures: a small slice of the real flights data, resources on a temporary directory,
+and a monitored world (features of 2013-01-01..10, a champion and a challenger in MLflow)."""
 
 import csv
 import io
 import itertools
+import shutil
 import zipfile
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import DatasetSource, DuckDBFrameIOManager
+from mlops_assets import features, ingestion, validation
+from mlops_assets.lib import registry
+from mlops_assets.partitions import daily_partitions, dataset_spec
+from mlops_assets.resources import (
+    OBJECT_IO_MANAGER,
+    DatasetSource,
+    DuckDBFrameIOManager,
+    EvidentlyWorkspace,
+    MlflowTracking,
+    ReportStore,
+)
 
 ROWS_PER_DAY = 30
 SAMPLE_DAYS = 14
@@ -77,8 +89,6 @@ def range_tags(start: str, end: str) -> dict[str, str]:
 
 @pytest.fixture
 def mlflow_resource(tmp_path: Path):
-    from mlops_assets.resources import MlflowTracking
-
     return MlflowTracking(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         artifact_location=str(tmp_path / "mlartifacts"),
@@ -89,12 +99,101 @@ def mlflow_resource(tmp_path: Path):
 @pytest.fixture
 def lifecycle_resources(tmp_path: Path, sample_csv: Path, mlflow_resource) -> dict:
     """Every resource of the platform, on tmp_path, over the 14-day sample."""
-    from mlops_assets.resources import ReportStore
-    from mlops_assets.training import OBJECT_IO_MANAGER
-
     return {
         **make_resources_at(tmp_path, sample_csv),
         "mlflow": mlflow_resource,
         "reports": ReportStore(directory=str(tmp_path / "reports")),
         OBJECT_IO_MANAGER: dg.FilesystemIOManager(base_dir=str(tmp_path / "objects")),
     }
+
+
+MODEL = "flights_model"
+# The features table as an upstream these runs read but never build (the world built it).
+FEATURES_TABLE = dg.AssetSpec(
+    "features",
+    partitions_def=daily_partitions,
+    metadata={"partition_expr": dataset_spec.date.column},
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, flights_rows):
+    """Features of Jan 1-10, a training set of Jan 1-7, and a small pipeline registered as
+    version 1 (champion) and version 2 (challenger)."""
+    import mlflow
+
+    from mlops_assets.lib.evaluation import classification_metrics
+    from mlops_assets.lib.modeling import build_pipeline, features_and_label, skops_trusted_types
+
+    root = tmp_path_factory.mktemp("world")
+    data = make_resources_at(root, write_csv(root / "flights.csv", flights_rows))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [ingestion.raw_records, validation.validate_records, features.features],
+            tags=range_tags("2013-01-01", "2013-01-10"),
+            resources=data,
+            instance=instance,
+        )
+    assert result.success
+    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+        con.execute(
+            "CREATE TABLE flights.training_set AS SELECT *, 'train' AS split FROM flights.features "
+            f"WHERE flight_date < '2013-01-08' AND {dataset_spec.target.name} IS NOT NULL"
+        )
+        train = con.execute("SELECT * FROM flights.training_set").df()
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = registry.client(uri)
+    experiment = registry.ensure_experiment(client, "test", str(root / "artifacts"))
+    pipeline = build_pipeline(
+        "logistic_regression",
+        {},
+        dataset_spec.categorical_features,
+        dataset_spec.numeric_features,
+        seed=0,
+    )
+    x, y = features_and_label(
+        train, dataset_spec.categorical_features, dataset_spec.numeric_features, "is_delayed"
+    )
+    pipeline.fit(x, y)
+    # In-sample metrics stand in for the test metrics: optimistic by construction, so the unseen
+    # days fall below them and the performance check has something to find.
+    reference = classification_metrics(y, pipeline.predict_proba(x)[:, 1])
+    with registry.scoped_tracking(uri), mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_metrics({f"test_{k}": v for k, v in reference.items()})
+        logged = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            registered_model_name=MODEL,
+            skops_trusted_types=skops_trusted_types("logistic_regression"),
+            pip_requirements=["scikit-learn"],  # skips inferring them (a uv export, seconds)
+        )
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    with registry.scoped_tracking(uri):  # MLflow resolves a models:/ source on its global URI
+        client.create_model_version(MODEL, logged.model_uri, run.info.run_id)
+    client.set_registered_model_alias(MODEL, "challenger", "2")
+    return {"root": root, "uri": uri, "reference": reference}
+
+
+def make_env(world, directory: Path, instance) -> dict:
+    """Resources on private copies of the world's warehouse and registry, and the instance.
+
+    A test may promote, retag or rewrite freely: the next test starts from the world as built.
+    (The model artifacts stay shared: nothing writes them.)
+    """
+    shutil.copy(world["root"] / "warehouse.duckdb", directory / "warehouse.duckdb")
+    shutil.copy(world["root"] / "mlflow.db", directory / "mlflow.db")
+    resources = make_resources_at(directory, directory / "unused.csv")
+    resources |= {
+        "mlflow": MlflowTracking(
+            tracking_uri=f"sqlite:///{directory / 'mlflow.db'}",
+            artifact_location=str(world["root"] / "artifacts"),
+            experiment_name="test",
+            model_name=MODEL,
+        ),
+        "reports": ReportStore(directory=str(directory / "reports")),
+        "evidently": EvidentlyWorkspace(
+            directory=str(directory / "evidently"), project_name="flights drift"
+        ),
+    }
+    return {"resources": resources, "instance": instance, "dir": directory}

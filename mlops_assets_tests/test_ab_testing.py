@@ -7,15 +7,14 @@ import pytest
 from mlops_assets import ab_testing, monitoring
 from mlops_assets.lib import registry
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
-from mlops_assets.training import OBJECT_IO_MANAGER
-from mlops_assets_tests.conftest import range_tags
-from mlops_assets_tests.test_monitoring import FEATURES_TABLE, MODEL, make_env, world  # noqa: F401
+from mlops_assets.resources import OBJECT_IO_MANAGER
+from mlops_assets_tests.conftest import FEATURES_TABLE, MODEL, make_env, range_tags
 
 AB_ASSETS = [ab_testing.ab_outcomes, ab_testing.ab_results, ab_testing.ab_promotion]
 
 
 @pytest.fixture
-def env(world, tmp_path, instance, monkeypatch):  # noqa: F811
+def env(world, tmp_path, instance, monkeypatch):
     monkeypatch.setenv(REPLAY_DATE_ENV, "2013-02-01")  # every day's labels are known
     env = make_env(world, tmp_path, instance)
     env["resources"][OBJECT_IO_MANAGER] = dg.FilesystemIOManager(base_dir=str(tmp_path / "obj"))
@@ -103,5 +102,3 @@ def test_aliases_move_only_on_promote_and_only_past_the_gates(env):
     with duckdb.connect(str(env["dir"] / "warehouse.duckdb"), read_only=True) as con:
         audit = con.sql("SELECT version, previous_version, evidence FROM flights.promotion_audit")
         assert audit.fetchall() == [("2", "1", '{"p_value": 0.001}')]
-    client.set_model_version_tag(MODEL, "2", "evaluation_gates", "passed")
-    client.set_registered_model_alias(MODEL, "champion", "1")  # leave the module's world as found

@@ -59,9 +59,8 @@ def make_home(tmp: Path) -> dict[str, Path]:
 
 
 def environment(home: Path, data: Path) -> dict[str, str]:
-    # No MLFLOW_* or MLOPS_* from this process: mlflow.set_tracking_uri/set_registry_uri (which
-    # other tests reach through lib.registry.client) export MLFLOW_TRACKING_URI and
-    # MLFLOW_REGISTRY_URI, and an inherited registry URI would serve another test's model.
+    # No MLFLOW_* or MLOPS_* from the developer's shell: an inherited tracking or registry URI
+    # would point the servers at another store.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLOPS_"))}
     env.update(
         DAGSTER_HOME=str(home),

@@ -6,102 +6,30 @@ training set of Jan 1-7, and a small pipeline registered as version 1 (champion)
 """
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import mlflow
 import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from mlops_assets import ab_testing, features, ingestion, monitoring, validation
-from mlops_assets.lib import registry
+from mlops_assets import ab_testing, monitoring
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
-from mlops_assets.lib.evaluation import classification_metrics
-from mlops_assets.lib.modeling import build_pipeline, features_and_label, skops_trusted_types
 from mlops_assets.partitions import dataset_spec as spec
-from mlops_assets.resources import EvidentlyWorkspace, MlflowTracking, ReportStore
-from mlops_assets_tests.conftest import ROWS_PER_DAY, make_resources_at, range_tags, write_csv
+from mlops_assets_tests.conftest import (
+    FEATURES_TABLE,
+    MODEL,
+    ROWS_PER_DAY,
+    make_env,
+    range_tags,
+)
 
-MODEL = "flights_model"
 DAILY = [monitoring.predictions, monitoring.drift_report, monitoring.performance]
 SCORED = [monitoring.predictions, monitoring.performance]
 DRIFT = [monitoring.predictions, monitoring.drift_report]
 # Reference for most tests: the features of Jan 1-7 (the days the model was trained on).
 WINDOW = {"reference_start": "2013-01-01", "reference_end": "2013-01-08"}
-# The features table as an upstream these runs read but never build (the world built it).
-FEATURES_TABLE = dg.AssetSpec(
-    "features",
-    partitions_def=features.features.partitions_def,
-    metadata={"partition_expr": spec.date.column},
-)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, flights_rows):
-    root = tmp_path_factory.mktemp("world")
-    data = make_resources_at(root, write_csv(root / "flights.csv", flights_rows))
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [ingestion.raw_records, validation.validate_records, features.features],
-            tags=range_tags("2013-01-01", "2013-01-10"),
-            resources=data,
-            instance=instance,
-        )
-    assert result.success
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        con.execute(
-            "CREATE TABLE flights.training_set AS SELECT *, 'train' AS split FROM flights.features "
-            f"WHERE flight_date < '2013-01-08' AND {spec.target.name} IS NOT NULL"
-        )
-        train = con.execute("SELECT * FROM flights.training_set").df()
-
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = registry.client(uri)
-    experiment = registry.ensure_experiment(client, "test", str(root / "artifacts"))
-    pipeline = build_pipeline(
-        "logistic_regression", {}, spec.categorical_features, spec.numeric_features, seed=0
-    )
-    x, y = features_and_label(train, spec.categorical_features, spec.numeric_features, "is_delayed")
-    pipeline.fit(x, y)
-    # In-sample metrics stand in for the test metrics: optimistic by construction, so the unseen
-    # days fall below them and the performance check has something to find.
-    reference = classification_metrics(y, pipeline.predict_proba(x)[:, 1])
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_metrics({f"test_{k}": v for k, v in reference.items()})
-        logged = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            registered_model_name=MODEL,
-            skops_trusted_types=skops_trusted_types("logistic_regression"),
-            pip_requirements=["scikit-learn"],  # skips inferring them (a uv export, seconds)
-        )
-    mlflow.end_run()
-    client.set_registered_model_alias(MODEL, "champion", "1")
-    client.create_model_version(MODEL, logged.model_uri, run.info.run_id)
-    client.set_registered_model_alias(MODEL, "challenger", "2")
-    return {"root": root, "uri": uri, "reference": reference}
-
-
-def make_env(world, directory: Path, instance) -> dict:
-    """Resources on a private copy of the world's warehouse, and the instance."""
-    shutil.copy(world["root"] / "warehouse.duckdb", directory / "warehouse.duckdb")
-    resources = make_resources_at(directory, directory / "unused.csv")
-    resources |= {
-        "mlflow": MlflowTracking(
-            tracking_uri=world["uri"],
-            artifact_location=str(world["root"] / "artifacts"),
-            experiment_name="test",
-            model_name=MODEL,
-        ),
-        "reports": ReportStore(directory=str(directory / "reports")),
-        "evidently": EvidentlyWorkspace(
-            directory=str(directory / "evidently"), project_name="flights drift"
-        ),
-    }
-    return {"resources": resources, "instance": instance, "dir": directory}
 
 
 @pytest.fixture

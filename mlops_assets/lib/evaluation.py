@@ -35,6 +35,13 @@ METRIC_NAMES = (
     "brier",
 )
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+
+
+def improvement(metric: str, model: float, reference: float) -> float:
+    """How much better `model` is than `reference` (positive is better, whatever the metric)."""
+    return reference - model if metric in LOWER_IS_BETTER else model - reference
+
+
 PLOT_NAMES = ("confusion_matrix", "roc_curve", "pr_curve", "calibration_curve")
 
 

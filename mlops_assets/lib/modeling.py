@@ -250,6 +250,15 @@ def _day_codes(frame: pd.DataFrame, date_column: str) -> np.ndarray:
     return dates.dt.floor("D").to_numpy()
 
 
+SPLIT_COLUMN = "split"
+"""Column of the training set that names each row's part: train, validation or test."""
+
+
+def split_parts(training_set: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The training set's parts by name ("train", "validation", "test"), as stored together."""
+    return {str(name): part for name, part in training_set.groupby(SPLIT_COLUMN, sort=False)}
+
+
 def time_split(
     frame: pd.DataFrame,
     date_column: str,

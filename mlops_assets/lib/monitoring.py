@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlops_assets.lib.evaluation import LOWER_IS_BETTER, classification_metrics
+
 # A record is predicted positive when its probability is >= this (as lib.evaluation scores it).
 DECISION_THRESHOLD = 0.5
 PREDICTION_COLUMNS = ("model_name", "model_version", "model_alias", "prediction", "probability")
-# Performance metrics checked against the champion's test metrics; Brier is lower-is-better.
-LOWER_IS_BETTER = frozenset({"brier", "log_loss"})
 
 
 def predict_long(
@@ -76,7 +76,6 @@ def daily_performance(
 
     Records without a label (e.g. cancelled flights) are scored but left out here.
     """
-    from mlops_assets.lib.evaluation import classification_metrics
 
     labelled = scored[scored[label].notna()]
     if labelled.empty:
@@ -109,6 +108,40 @@ def relative_drops(
 
 def drift_score_column(column: str) -> str:
     return f"drift_score__{column}"
+
+
+def drift_row(
+    result: Any,
+    *,
+    date_column: str,
+    day: str,
+    features: Sequence[str],
+    n_reference: int,
+    html: str = "",
+) -> dict[str, Any]:
+    """One day's row of the drift history from a `lib.drift.DriftResult`: the share and count of
+    drifted columns, prediction drift, and a score per feature (NaN where it was not tested)."""
+    columns = result.columns
+    row = {
+        date_column: pd.Timestamp(day),
+        "n_rows": int(result.n_rows),
+        "n_reference_rows": n_reference,
+        "drift_share": float(result.drift_share),
+        "n_drifted_columns": int(result.n_drifted),
+        "n_tested_columns": int(result.n_columns),
+        "dataset_drift": bool(result.dataset_drift),
+        "prediction_drift_score": float(result.prediction_score)
+        if result.prediction_score is not None
+        else float("nan"),
+        "prediction_drifted": bool(result.prediction_drifted),
+        "drifted_columns": ", ".join(columns.index[columns["drifted"]]),
+        "skipped_columns": ", ".join(result.skipped_columns),
+        "html_report": html,
+    }
+    for column in features:  # every feature, in spec order, tested or not
+        score = columns["score"].get(column) if column in columns.index else None
+        row[drift_score_column(column)] = float("nan") if score is None else float(score)
+    return row
 
 
 def worst_days(table: pd.DataFrame, column: str, n: int, *, largest: bool) -> pd.DataFrame:

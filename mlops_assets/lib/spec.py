@@ -73,6 +73,9 @@ class FeatureSpec(_Strict):
 class TargetSpec(_Strict):
     name: str
     expression: str = Field(description="SQL giving 0/1; NULL for records without a label.")
+    label_delay_days: int = Field(
+        1, ge=0, description="Labels of day D are known from D + this many days."
+    )
 
 
 class WindowSpec(_Strict):

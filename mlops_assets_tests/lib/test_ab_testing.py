@@ -1,7 +1,6 @@
 """A/B testing statistics, cross-checked against statsmodels, scipy and scikit-learn."""
 
 import hashlib
-import time
 
 import numpy as np
 import pandas as pd
@@ -108,13 +107,6 @@ def test_assignment_shares_are_honoured_on_100k_keys(shares):
     observed = assign_arms(keys, "exp-balance", shares).value_counts(normalize=True)
     for arm in ("control", "treatment", "excluded"):
         assert abs(observed.get(arm, 0.0) - shares.get(arm, 0.0)) < 0.01, (arm, observed)
-
-
-def test_assignment_of_100k_keys_is_fast():
-    keys = _flight_keys(100_000, seed=1)
-    start = time.perf_counter()
-    assign_arms(keys, "exp-speed")
-    assert time.perf_counter() - start < 1.0
 
 
 def test_different_experiments_split_independently():
