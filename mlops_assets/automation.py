@@ -52,8 +52,14 @@ def _value(metadata, key: str) -> float | None:
 MONITORED = (("drift_report", ("drift_share",)), ("performance", ("roc_auc", "reference_roc_auc")))
 
 
-def collect_day_results(instance: dg.DagsterInstance, state: dict) -> dict:
-    """`state` (the sensor cursor) updated with the monitoring events logged since it was made."""
+def collect_day_results(
+    instance: dg.DagsterInstance, state: dict, keep_days: int | None = CURSOR_DAYS_KEPT
+) -> dict:
+    """`state` (the sensor cursor) updated with the monitoring events logged since it was made.
+
+    The sensor's cursor keeps the latest `keep_days` days (the rule looks back far less); a
+    replay keeps every day (`keep_days=None`).
+    """
     after, days = dict(state.get("after", {})), dict(state.get("days", {}))
     for asset, keys in MONITORED:
         for storage_id, day, metadata in _new_partition_metadata(instance, asset, after.get(asset)):
@@ -62,7 +68,8 @@ def collect_day_results(instance: dg.DagsterInstance, state: dict) -> dict:
                 **{k: _value(metadata, k) for k in keys if k in metadata},
             }
             after[asset] = storage_id
-    days = {d: days[d] for d in sorted(days)[-CURSOR_DAYS_KEPT:]}
+    if keep_days is not None:
+        days = {d: days[d] for d in sorted(days)[-keep_days:]}
     return {**state, "after": after, "days": days}
 
 
@@ -80,7 +87,8 @@ def day_results(days: dict) -> list[DayResult]:
 
 def replay_retraining(instance: dg.DagsterInstance, rule: RetrainingRule) -> list[RetrainDecision]:
     """The retrainings the sensor would have requested, had it ticked once per monitored day."""
-    return replay_rule(day_results(collect_day_results(instance, {})["days"]), rule)
+    days = collect_day_results(instance, {}, keep_days=None)["days"]
+    return replay_rule(day_results(days), rule)
 
 
 def retraining_request(decision: RetrainDecision, rule: RetrainingRule) -> dg.RunRequest:

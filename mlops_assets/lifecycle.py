@@ -17,6 +17,7 @@ import dagster as dg
 
 from mlops_assets.lib.automation import RetrainingRule
 from mlops_assets.partitions import dataset_spec
+from mlops_assets.resources import data_dir
 
 VERBOSE_ENV = "MLOPS_VERBOSE"
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -170,7 +171,7 @@ def main() -> None:
         "retraining sensor (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": results["experiment"],
         "A/B decision": f"{results['decision']} (deciding test: {results['deciding_test']})",
-        "reports": "data/reports (evaluation/, drift/, ab/, monitoring/)",
+        "reports": f"{data_dir() / 'reports'} (evaluation/, drift/, ab/, monitoring/)",
         "elapsed": f"{time.perf_counter() - began:.0f} s",
     }
     say("\nSummary")

@@ -7,10 +7,12 @@ import dagster as dg
 import pytest
 
 from mlops_assets.automation import (
+    CURSOR_DAYS_KEPT,
     RETRAIN_REASON_TAG,
     build_retraining_sensor,
     monthly_retraining_schedule,
     new_data_sensor,
+    replay_retraining,
 )
 from mlops_assets.lib.automation import RetrainingRule
 from mlops_assets_tests.conftest import SAMPLE_DAYS
@@ -85,6 +87,16 @@ def test_the_cursor_only_reads_new_events(instance):
     assert state["after"]["drift_report"] > 0
     _, same = tick(instance, cursor)
     assert json.loads(same) == state
+
+
+def test_a_replay_sees_every_day_not_only_the_cursors_latest(instance):
+    """A streak older than the sensor's cursor keeps is still found by a replay of the history."""
+    start = dt.date(2013, 1, 1)
+    for offset in range(CURSOR_DAYS_KEPT + 20):
+        drift = 0.9 if offset in (2, 3, 4) else 0.1
+        report_day(instance, start + dt.timedelta(days=offset), drift)
+    decisions = replay_retraining(instance, RULE)
+    assert [d.last_day for d in decisions] == [dt.date(2013, 1, 5)]
 
 
 def test_monthly_schedule_asks_for_the_latest_labelled_days(monkeypatch):

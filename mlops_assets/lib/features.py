@@ -11,8 +11,7 @@ from mlops_assets.lib.spec import DatasetSpec
 
 def feature_columns(spec: DatasetSpec) -> list[str]:
     """Columns of the features table, in order: date, key, features, target."""
-    features = [name for name in spec.features if name not in spec.key]
-    return [spec.date.column, *spec.key, *features, spec.target.name]
+    return spec.feature_table_columns
 
 
 def build_features(

@@ -122,6 +122,19 @@ class DatasetSpec(_Strict):
         reserved = {self.date.column, self.target.name}
         if clash := reserved & (set(self.columns) | set(self.features)):
             raise ValueError(f"{sorted(clash)} are reserved for the date and the target")
+        # DuckDB names are case-insensitive: two stored columns that differ only by case would
+        # be renamed silently (`airline` beside `AIRLINE` becomes `airline_1`).
+        for what, names in (
+            ("source columns", [self.date.column, *self.columns]),
+            ("feature table columns", self.feature_table_columns),
+        ):
+            seen: dict[str, str] = {}
+            for name in names:
+                if (other := seen.setdefault(name.lower(), name)) != name:
+                    raise ValueError(
+                        f"{what} {other!r} and {name!r} differ only by case, and DuckDB column "
+                        "names are case-insensitive: rename one of them"
+                    )
         return self
 
     @property
@@ -130,6 +143,12 @@ class DatasetSpec(_Strict):
             return self.training_window
         half = self.date.start + (self.date.end - self.date.start) / 2
         return WindowSpec(start=self.date.start, end=half)
+
+    @property
+    def feature_table_columns(self) -> list[str]:
+        """Columns of the features table, in order: date, key, features, target."""
+        features = [name for name in self.features if name not in self.key]
+        return [self.date.column, *self.key, *features, self.target.name]
 
     @property
     def categorical_features(self) -> list[str]:

@@ -37,6 +37,18 @@ def test_relative_source_paths_resolve_against_the_spec_file(tmp_path):
         (("  year: {type: int", "  year: {type: integer"), "columns.year.type"),
         (("name: flights", "name: flights\ncolour: blue"), "colour"),
         (("  end: 2013-12-31", "  end: 2012-12-31"), "before date.start"),
+        (
+            ("key: [carrier, flight, sched_dep_time]", "key: [CARRIER, flight, sched_dep_time]"),
+            "key columns ['CARRIER']",
+        ),
+        (
+            ("  carrier: {type: string", "  CARRIER: {type: string}\n  carrier: {type: string"),
+            "source columns 'CARRIER' and 'carrier' differ only by case",
+        ),
+        (
+            ("  carrier: {kind: categorical", "  CARRIER: {kind: categorical"),
+            "feature table columns 'carrier' and 'CARRIER' differ only by case",
+        ),
     ],
 )
 def test_invalid_specs_fail_with_the_problem_named(tmp_path, change, message):
