@@ -40,11 +40,22 @@ class ColumnSpec(_Strict):
     nullable: bool = False
     ge: float | None = None
     le: float | None = None
-    isin: list[str] | None = None
+    isin: list[str] | list[int] | list[float] | None = Field(
+        default=None, description="Allowed values, of the column's type (e.g. station codes 1..9)."
+    )
     regex: str | None = None
     max_null_rate: float | None = Field(
         default=None, description="Dataset-level limit on the share of nulls (an asset check)."
     )
+
+    @model_validator(mode="after")
+    def _isin_of_the_column_type(self) -> ColumnSpec:
+        if self.isin is None:
+            return self
+        expected = {"string": str, "int": int, "float": (int, float), "timestamp": str}[self.type]
+        if wrong := [v for v in self.isin if not isinstance(v, expected) or isinstance(v, bool)]:
+            raise ValueError(f"isin values {wrong} are not of the column's type {self.type}")
+        return self
 
 
 class SourceSpec(_Strict):

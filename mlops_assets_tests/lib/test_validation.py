@@ -56,6 +56,24 @@ def test_each_bad_value_is_quarantined_with_its_reason(raw_day, column, value, c
     assert row["partition_date"] == pd.Timestamp(JAN_1)
 
 
+def test_an_integer_column_can_have_an_allowed_set(raw_day):
+    coded = spec.model_copy(deep=True)
+    coded.columns["month"] = coded.columns["month"].model_copy(update={"isin": [1, 2, 3]})
+    raw_day.loc[raw_day.index[:2], "month"] = "7"  # an integer outside the set
+    result = validate_records(raw_day, coded, JAN_1, JAN_2)
+    assert len(result.valid) == len(raw_day) - 2
+    assert set(result.quarantined["failed_column"]) == {"month"}
+    assert result.quarantined["failed_check"].str.startswith("isin").all()
+
+
+def test_allowed_values_must_have_the_column_type():
+    from mlops_assets.lib.spec import ColumnSpec
+
+    assert ColumnSpec(type="int", isin=[1, 2]).isin == [1, 2]
+    with pytest.raises(ValueError, match=r"isin values \['1'\] are not of the column's type int"):
+        ColumnSpec(type="int", isin=["1"])
+
+
 def test_all_failures_of_a_row_are_reported(raw_day):
     bad = raw_day.copy()
     bad.loc[0, ["dep_delay", "origin"]] = ["late", "BOS"]
