@@ -60,8 +60,8 @@ def _pipeline(tracking_uri: str, name: str, version: str):
     return registry.load_pipeline(registry.ModelRef(name, version, run_id=""))
 
 
-def _serving_models(mlflow: MlflowTracking) -> list[tuple[str, str]]:
-    """(alias, version) of the champion, and of the challenger when it is another version."""
+def _serving_models(mlflow: MlflowTracking) -> list:
+    """(alias, ModelRef) of the champion, and of the challenger when it is another version."""
     from mlops_assets.lib import registry
 
     client = mlflow.client()
@@ -71,10 +71,10 @@ def _serving_models(mlflow: MlflowTracking) -> list[tuple[str, str]]:
             f"no model version of {mlflow.model_name!r} holds the alias 'champion': train and "
             "promote a model before monitoring"
         )
-    models = [(registry.CHAMPION, champion.version)]
+    models = [(registry.CHAMPION, champion)]
     challenger = registry.version_for_alias(client, mlflow.model_name, registry.CHALLENGER)
     if challenger is not None and challenger.version != champion.version:
-        models.append((registry.CHALLENGER, challenger.version))
+        models.append((registry.CHALLENGER, challenger))
     return models
 
 
@@ -111,14 +111,25 @@ def predictions(
     features,
 ):
     """Each day's records scored by the champion (and the challenger, when one is registered):
-    one row per record per model with model name, version and alias, class and probability."""
+    one row per record per model with model name, version and alias, the probability, and the
+    decision at that version's own threshold (stored beside it)."""
     from mlops_assets.lib.monitoring import predict_long
 
     spec = dataset_spec
     models = _serving_models(mlflow)
     frame = predict_long(
         features,
-        [(a, (v, _pipeline(mlflow.tracking_uri, mlflow.model_name, v))) for a, v in models],
+        [
+            (
+                alias,
+                (
+                    ref.version,
+                    ref.decision_threshold,
+                    _pipeline(mlflow.tracking_uri, mlflow.model_name, ref.version),
+                ),
+            )
+            for alias, ref in models
+        ],
         id_columns=[_date, *spec.key],
         feature_columns=[*spec.categorical_features, *spec.numeric_features],
         model_name=mlflow.model_name,
@@ -145,7 +156,8 @@ def predictions(
         frame,
         metadata={
             "model_name": mlflow.model_name,
-            **{f"{alias}_version": version for alias, version in models},
+            **{f"{alias}_version": ref.version for alias, ref in models},
+            **{f"{alias}_threshold": ref.decision_threshold for alias, ref in models},
         },
     )
 

@@ -26,6 +26,8 @@ from mlops_assets.resources import EvidentlyWorkspace, MlflowTracking, ReportSto
 from mlops_assets_tests.conftest import ROWS_PER_DAY, make_resources_at, range_tags, write_csv
 
 MODEL = "flights_model"
+# The same pipeline registered twice, with different operating points.
+THRESHOLDS = {"1": 0.2, "2": 0.35}
 DAILY = [monitoring.predictions, monitoring.drift_report, monitoring.performance]
 SCORED = [monitoring.predictions, monitoring.performance]
 DRIFT = [monitoring.predictions, monitoring.drift_report]
@@ -68,7 +70,7 @@ def world(tmp_path_factory, flights_rows):
     pipeline.fit(x, y)
     # In-sample metrics stand in for the test metrics: optimistic by construction, so the unseen
     # days fall below them and the performance check has something to find.
-    reference = classification_metrics(y, pipeline.predict_proba(x)[:, 1])
+    reference = classification_metrics(y, pipeline.predict_proba(x)[:, 1], THRESHOLDS["1"])
     with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in reference.items()})
         logged = mlflow.sklearn.log_model(
@@ -82,6 +84,8 @@ def world(tmp_path_factory, flights_rows):
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.create_model_version(MODEL, logged.model_uri, run.info.run_id)
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    for version, threshold in THRESHOLDS.items():
+        client.set_model_version_tag(MODEL, version, registry.THRESHOLD_TAG, str(threshold))
     return {"root": root, "uri": uri, "reference": reference}
 
 
@@ -195,6 +199,18 @@ def test_predictions_carry_the_model_version_and_a_rerun_replaces_a_day(env):
     assert sql(env, "SELECT count(*) FROM flights.predictions") == [(180,)]
     meta = result.asset_materializations_for_node("predictions")[0].metadata
     assert meta["champion_version"].value == "1" and meta["challenger_version"].value == "2"
+    # Each version decides at its own threshold, stored beside the probability.
+    wrong = sql(
+        env,
+        "SELECT count(*) FROM flights.predictions WHERE prediction != "
+        "(probability >= CASE model_version WHEN '1' THEN 0.2 ELSE 0.35 END)::INTEGER "
+        "OR threshold != CASE model_version WHEN '1' THEN 0.2 ELSE 0.35 END",
+    )
+    assert wrong == [(0,)]
+    split = sql(
+        env, "SELECT count(*) FROM flights.predictions WHERE probability BETWEEN 0.2 AND 0.35"
+    )
+    assert split[0][0] > 0  # records on which the two versions decide differently
 
 
 def test_a_range_reports_its_numbers_per_day_in_the_event_log(ranged):
@@ -299,12 +315,14 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
         "AND f.is_delayed IS NOT NULL AND p.flight_date = '2013-01-09'",
     )
     y, p = np.array(labelled).T
-    [(brier, positive_rate, n, version)] = sql(
+    [(brier, positive_rate, predicted_rate, n, version)] = sql(
         ranged,
-        "SELECT brier, positive_rate, n, model_version FROM flights.performance "
-        "WHERE flight_date = '2013-01-09'",
+        "SELECT brier, positive_rate, predicted_positive_rate, n, model_version "
+        "FROM flights.performance WHERE flight_date = '2013-01-09'",
     )
     assert brier == pytest.approx(brier_score_loss(y, p)) and positive_rate == y.mean()
+    # Decisions at the champion's threshold, not at 0.5.
+    assert predicted_rate == pytest.approx(np.mean(p >= THRESHOLDS["1"]))
     assert n == len(y) and version == "1"
     warned = check(result, monitoring.PERFORMANCE_CHECK)
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
