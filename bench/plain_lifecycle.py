@@ -321,7 +321,10 @@ def train(
         X_test, y_test = modeling.features_and_label(test_part, CATEGORICAL, NUMERIC, LABEL)
         proba = pipeline.predict_proba(X_test)[:, 1]
         metrics = evaluation.classification_metrics(y_test, proba, 0.5)
-        prior = evaluation.baseline_metrics(train_part[LABEL].to_numpy(), y_test)
+        # The training prior as a constant score (the baseline of the platform it reproduces).
+        prior = evaluation.classification_metrics(
+            y_test, [train_part[LABEL].mean()] * len(y_test), 0.5
+        )
         champion_proba = champion_metrics = None
         if champion is not None:
             champion_proba = champion["pipeline"].predict_proba(X_test)[:, 1]
@@ -391,7 +394,7 @@ def monitor(
     current_features = between(feats, start, end)
     predictions = monitoring.predict_long(
         current_features,
-        [(registry.CHAMPION, (champion["version"], champion["pipeline"]))],
+        [(registry.CHAMPION, (champion["version"], 0.5, champion["pipeline"]))],
         id_columns=IDS,
         feature_columns=FEATURES,
         model_name=MODEL_NAME,
@@ -541,8 +544,8 @@ def ab_test(
 ):
     current = between(feats, start, end)
     models = [
-        (registry.CHAMPION, (champion["version"], champion["pipeline"])),
-        (registry.CHALLENGER, (challenger["version"], challenger["pipeline"])),
+        (registry.CHAMPION, (champion["version"], 0.5, champion["pipeline"])),
+        (registry.CHALLENGER, (challenger["version"], 0.5, challenger["pipeline"])),
     ]
     predictions = monitoring.predict_long(
         current, models, id_columns=IDS, feature_columns=FEATURES, model_name=MODEL_NAME
@@ -572,6 +575,7 @@ def ab_decide(outcomes, experiment, champion, challenger, *, wh, tracking, repor
     rows = outcomes[outcomes["label"].notna()].sort_values(IDS, kind="stable")
     design = ab_testing.ExperimentDesign(
         baseline_accuracy=champion["metrics"]["accuracy"],
+        threshold=0.5,
         mde=0.02,
         alpha=0.05,
         power=0.80,

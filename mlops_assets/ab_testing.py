@@ -117,11 +117,14 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
     )
 
 
-def _design(config: ABTestConfig, baseline_accuracy: float):
+def _design(config: ABTestConfig, baseline_accuracy: float, champion, challenger):
     from mlops_assets.lib.ab_testing import ExperimentDesign
 
+    # Each model decides at its own version's threshold.
     return ExperimentDesign(
         baseline_accuracy=baseline_accuracy,
+        threshold=champion.decision_threshold,
+        treatment_threshold=challenger.decision_threshold,
         mde=config.mde,
         alpha=config.alpha,
         power=config.power,
@@ -175,7 +178,7 @@ def ab_results(
     if baseline is None:
         raise dg.Failure(f"champion v{champion.version} has no test_accuracy: evaluate it first")
     try:
-        design = _design(config, baseline)
+        design = _design(config, baseline, champion, challenger)
     except ValueError as error:
         raise dg.Failure(f"{experiment}: invalid A/B design ({error})") from None
     y = rows["label"].to_numpy(dtype=int)

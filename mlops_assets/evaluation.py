@@ -11,18 +11,43 @@ from mlops_assets.resources import OBJECT_IO_MANAGER, MlflowTracking, ReportStor
 
 BEATS_BASELINE = "check_beats_baseline"
 NOT_WORSE_THAN_CHAMPION = "check_not_worse_than_champion"
+NOT_DEGENERATE = "check_not_degenerate"
+GATES = (BEATS_BASELINE, NOT_WORSE_THAN_CHAMPION, NOT_DEGENERATE)
 
 
 class EvaluationConfig(dg.Config):
-    threshold: float = Field(default=0.5, description="Probability at which a record is positive.")
-    gate_metric: str = Field(default="roc_auc", description="Metric the gates compare.")
-    min_lift_over_baseline: float = Field(
-        default=0.05, description="The model must beat the prior baseline by this much."
+    """Overrides of the dataset spec's `gates` section (unset: the spec's value)."""
+
+    baseline_margin: float | None = Field(
+        default=None,
+        description="The lower bound of the day-clustered interval of ROC AUC(model) - ROC "
+        "AUC(simple baseline) must be above this.",
     )
-    champion_tolerance: float = Field(
-        default=0.01,
-        description="The model may be at most this much worse than the champion on the same data.",
+    champion_margin: float | None = Field(
+        default=None,
+        description="The lower bound of the interval of ROC AUC(model) - ROC AUC(champion) must "
+        "be above this (negative: non-inferiority).",
     )
+    rate_factor: float | None = Field(
+        default=None,
+        description="The predicted positive rate must stay within this factor of the actual rate.",
+    )
+    n_resamples: int | None = Field(default=None, description="Day-clustered bootstrap resamples.")
+    confidence: float | None = Field(default=None, description="Two-sided interval level.")
+    min_test_days: int | None = Field(
+        default=None, description="Fewer test days than this: the gates are not judged (fail)."
+    )
+
+
+def gate_settings(config: EvaluationConfig):
+    """The spec's gate settings with the launchpad's overrides."""
+    from mlops_assets.lib.spec import GateSpec
+
+    overrides = {k: v for k, v in config.model_dump().items() if v is not None}
+    try:
+        return GateSpec.model_validate(dataset_spec.gates.model_dump() | overrides)
+    except ValueError as error:
+        raise dg.Failure(f"evaluation gates: {error}") from None
 
 
 def png_markdown(path) -> dg.MetadataValue:
@@ -40,14 +65,23 @@ def png_markdown(path) -> dg.MetadataValue:
             BEATS_BASELINE,
             asset="evaluation",
             blocking=True,
-            description="The model beats the prior baseline by min_lift_over_baseline.",
+            description="The model out-ranks a logistic regression on the same features and a "
+            "per-category base rate on the most informative categorical column: the lower bound "
+            "of the day-clustered interval of the ROC AUC difference is above baseline_margin.",
         ),
         dg.AssetCheckSpec(
             NOT_WORSE_THAN_CHAMPION,
             asset="evaluation",
             blocking=True,
-            description="The model is not worse than the current champion on the same test "
-            "days by more than champion_tolerance.",
+            description="The same interval against the current champion on the same test days "
+            "is above champion_margin.",
+        ),
+        dg.AssetCheckSpec(
+            NOT_DEGENERATE,
+            asset="evaluation",
+            blocking=True,
+            description="At the model's threshold the predicted positive rate is within "
+            "rate_factor of the actual rate, and the ROC AUC interval is above chance.",
         ),
     ],
 )
@@ -59,89 +93,149 @@ def evaluation(
     mlflow: MlflowTracking,
     reports: ReportStore,
 ):
-    """Test metrics of the model beside the prior baseline and the champion; plots; gates."""
+    """Test metrics at the model's threshold, the operating point judged against hindsight,
+    calibration before/after, simple baselines and the champion; plots; gates."""
+    from mlops_assets.lib import decision, registry
     from mlops_assets.lib import evaluation as lib
-    from mlops_assets.lib import registry
-    from mlops_assets.lib.modeling import features_and_label, split_parts
+    from mlops_assets.lib.modeling import features_and_label, fit_final, split_parts
+    from mlops_assets.lib.spec import OperatingPointSpec
 
     spec = dataset_spec
+    gates = gate_settings(config)
+    categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
     parts = split_parts(training_set)
-    test, train = parts["test"], parts["train"]
-    X, y = features_and_label(
-        test, spec.categorical_features, spec.numeric_features, spec.target.name
-    )
-    proba = mlflow.load_pipeline(model).predict_proba(X)[:, 1]
-    metrics = lib.classification_metrics(y, proba, config.threshold)
-    baseline = lib.baseline_metrics(train[spec.target.name].to_numpy(), y)
+    test, train, validation = parts["test"], parts["train"], parts["validation"]
+    X, y = features_and_label(test, categorical, numeric, label)
+    days = test[spec.date.column]
+    threshold = model.decision_threshold
+    fitted = mlflow.load_pipeline(model)
+    proba = fitted.predict_proba(X)[:, 1]
+    metrics = lib.classification_metrics(y, proba, threshold)
 
     client = mlflow.client()
-    champion = registry.version_for_alias(client, model.name, registry.CHAMPION)
+    tags = client.get_model_version(model.name, model.version).tags
+    policy = OperatingPointSpec.model_validate_json(tags[registry.THRESHOLD_POLICY_TAG])
+    operating_point = decision.judge_operating_point(y, proba, threshold, policy)
+    uncalibrated = fitted.uncalibrated_proba(X)[:, 1] if fitted.calibrated else None
+    calibration = {"after": decision.calibration_summary(y, proba)}
+    if uncalibrated is not None:
+        calibration["before"] = decision.calibration_summary(y, uncalibrated)
+
+    # The simple baselines, fitted on the same train days; their own thresholds are chosen on the
+    # validation days by the same policy, so the comparison table is like for like.
+    X_val, y_val = features_and_label(validation, categorical, numeric, label)
+    logistic = fit_final(
+        train,
+        estimator="logistic_regression",
+        params={},
+        categorical=categorical,
+        numeric=numeric,
+        label=label,
+        seed=0,
+    )
+    logistic_threshold = decision.choose_threshold(
+        y_val, logistic.predict_proba(X_val)[:, 1], policy
+    )
+    logistic_proba = logistic.predict_proba(X)[:, 1]
+    baseline = lib.classification_metrics(y, logistic_proba, logistic_threshold)
+    column, _ = decision.most_informative_category(train, validation, categorical, label)
+    rates, prior = decision.category_rates(train[column], train[label])
+    category_scores = decision.category_rate_scores(rates, prior, test[column])
+
+    baseline_gate = decision.comparison_gate(
+        BEATS_BASELINE,
+        y,
+        proba,
+        {"logistic_regression": logistic_proba, f"rate_by_{column}": category_scores},
+        days,
+        margin=gates.baseline_margin,
+        gates=gates,
+    )
+    champion = mlflow.serving_models().champion
     champion_proba, champion_metrics = None, None
     if champion is not None and champion.version != model.version:
         champion_proba = mlflow.load_pipeline(champion).predict_proba(X)[:, 1]
-        champion_metrics = lib.classification_metrics(y, champion_proba, config.threshold)
+        champion_metrics = lib.classification_metrics(
+            y, champion_proba, champion.decision_threshold
+        )
+        champion_gate = decision.comparison_gate(
+            NOT_WORSE_THAN_CHAMPION,
+            y,
+            proba,
+            {"champion": champion_proba},
+            days,
+            margin=gates.champion_margin,
+            gates=gates,
+        )
+    else:
+        champion_gate = decision.GateResult(
+            NOT_WORSE_THAN_CHAMPION,
+            passed=True,
+            judged=True,
+            message=f"{NOT_WORSE_THAN_CHAMPION}: passed: no other version is champion yet, "
+            "nothing to compare",
+        )
+    degenerate = decision.degenerate_gate(
+        y, proba, threshold, days, gates=gates, name=NOT_DEGENERATE
+    )
+    verdicts = (baseline_gate, champion_gate, degenerate)
+    passed = all(g.passed for g in verdicts)
 
     directory = reports.folder("evaluation", f"{model.name}-v{model.version}")
     plots = lib.save_evaluation_plots(
-        y, proba, directory, config.threshold, baseline=champion_proba
+        y, proba, directory, threshold, baseline=champion_proba, uncalibrated=uncalibrated
     )
     summary = {
         "model": model.uri,
+        "threshold": threshold,
         "metrics": metrics,
+        "operating_point": operating_point.metadata(),
+        "calibration": calibration,
         "baseline": baseline,
+        "gates": {
+            g.name: {"passed": g.passed, "message": g.message, **g.figures} for g in verdicts
+        },
         "champion": {"version": champion.version, "metrics": champion_metrics}
         if champion_metrics
         else None,
     }
     (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
     _log_to_run(client, model.run_id, metrics, directory)
-
-    gate = config.gate_metric
-    lift = lib.improvement(gate, metrics[gate], baseline[gate])
-    beats_baseline = lift >= config.min_lift_over_baseline
-    gap = lib.improvement(gate, metrics[gate], champion_metrics[gate]) if champion_metrics else 0.0
-    not_worse = gap >= -config.champion_tolerance
     client.set_model_version_tag(
         model.name,
         model.version,
         registry.GATES_TAG,
-        registry.GATES_PASSED if beats_baseline and not_worse else "failed",
+        registry.GATES_PASSED if passed else "failed",
     )
+    for gate in verdicts:
+        context.log.info(gate.message)
 
     yield dg.Output(
         summary,
         metadata={
             **{k: float(v) for k, v in metrics.items()},
-            **{f"baseline_{k}": float(v) for k, v in baseline.items()},
+            **{f"logistic_regression_{k}": float(v) for k, v in baseline.items()},
+            **operating_point.metadata(),
+            **{
+                f"calibration_{when}/{k}": v
+                for when, figures in calibration.items()
+                for k, v in figures.items()
+            },
             "model_version": int(model.version),
             "comparison": dg.MetadataValue.md(lib.markdown_table(metrics, baseline)),
             "report_dir": dg.MetadataValue.path(str(directory)),
             **{f"plot_{name}": png_markdown(path) for name, path in plots.items()},
         },
     )
-    yield dg.AssetCheckResult(
-        check_name=BEATS_BASELINE,
-        passed=bool(beats_baseline),
-        metadata={
-            "metric": gate,
-            "model": float(metrics[gate]),
-            "baseline": float(baseline[gate]),
-            "lift": float(lift),
-            "required_lift": config.min_lift_over_baseline,
-        },
-    )
-    yield dg.AssetCheckResult(
-        check_name=NOT_WORSE_THAN_CHAMPION,
-        passed=bool(not_worse),
-        metadata={
-            "metric": gate,
-            "model": float(metrics[gate]),
-            "champion_version": champion.version if champion_metrics else "none",
-            "champion": float(champion_metrics[gate]) if champion_metrics else float("nan"),
-            "difference": float(gap),
-            "tolerance": config.champion_tolerance,
-        },
-    )
+    for gate in verdicts:
+        yield dg.AssetCheckResult(
+            check_name=gate.name,
+            passed=bool(gate.passed),
+            # Too little data to judge is a warning, never a pass (the version is not promoted).
+            severity=dg.AssetCheckSeverity.ERROR if gate.judged else dg.AssetCheckSeverity.WARN,
+            description=gate.message,
+            metadata={"verdict": gate.message, **gate.figures},
+        )
 
 
 def _log_to_run(client, run_id: str, metrics: dict, directory) -> None:

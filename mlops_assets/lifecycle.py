@@ -168,6 +168,13 @@ def main() -> None:
         "champion version": promotion["champion_version"],
         "first model, test ROC AUC": round(evaluation["roc_auc"], 4),
         "first model, test accuracy": round(evaluation["accuracy"], 4),
+        "first model, threshold": (
+            f"{evaluation['operating_point/threshold']:.4f} ({evaluation['operating_point/policy']}"
+            f" on the test days: {evaluation['operating_point/test_objective']:.4f}; best in "
+            f"hindsight {evaluation['operating_point/hindsight_objective']:.4f}; at "
+            f"{evaluation['operating_point/naive_threshold']:g} "
+            f"{evaluation['operating_point/naive_objective']:.4f})"
+        ),
         "retraining sensor (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": results["experiment"],
         "A/B decision": f"{results['decision']} (deciding test: {results['deciding_test']})",

@@ -58,15 +58,15 @@ def _pipeline(tracking_uri: str, name: str, version: str):
     return registry.load_pipeline(registry.ModelRef(name, version, run_id=""), tracking_uri)
 
 
-def _serving_models(mlflow: MlflowTracking) -> list[tuple[str, str]]:
-    """(alias, version) of the champion, and of the challenger when it is another version."""
+def _serving_models(mlflow: MlflowTracking) -> list:
+    """(alias, ModelRef) of the champion, and of the challenger when it is another version."""
     models = mlflow.serving_models().scored()
     if not models:
         raise dg.Failure(
             f"no model version of {mlflow.model_name!r} holds the alias 'champion': train and "
             "promote a model before monitoring"
         )
-    return [(alias, ref.version) for alias, ref in models]
+    return models
 
 
 def _champion_rows(predictions):
@@ -102,14 +102,25 @@ def predictions(
     features,
 ):
     """Each day's records scored by the champion (and the challenger, when one is registered):
-    one row per record per model with model name, version and alias, class and probability."""
+    one row per record per model with model name, version and alias, the probability, and the
+    decision at that version's own threshold (stored beside it)."""
     from mlops_assets.lib.monitoring import predict_long
 
     spec = dataset_spec
     models = _serving_models(mlflow)
     frame = predict_long(
         features,
-        [(a, (v, _pipeline(mlflow.tracking_uri, mlflow.model_name, v))) for a, v in models],
+        [
+            (
+                alias,
+                (
+                    ref.version,
+                    ref.decision_threshold,
+                    _pipeline(mlflow.tracking_uri, mlflow.model_name, ref.version),
+                ),
+            )
+            for alias, ref in models
+        ],
         id_columns=[_date, *spec.key],
         feature_columns=[*spec.categorical_features, *spec.numeric_features],
         model_name=mlflow.model_name,
@@ -136,7 +147,8 @@ def predictions(
         frame,
         metadata={
             "model_name": mlflow.model_name,
-            **{f"{alias}_version": version for alias, version in models},
+            **{f"{alias}_version": ref.version for alias, ref in models},
+            **{f"{alias}_threshold": ref.decision_threshold for alias, ref in models},
         },
     )
 

@@ -45,6 +45,52 @@ class ModelConfig(dg.Config):
     cv_splits: int = Field(default=3, description="Time-series cross-validation folds.")
     metric: str = Field(default="roc_auc", description="scikit-learn scorer the search maximises.")
     seed: int = Field(default=0, description="Random seed of the search and the estimator.")
+    threshold_policy: str | None = Field(
+        default=None,
+        description="How the decision threshold is chosen on the validation days: maximise "
+        "F-beta, minimise expected cost, or flag a target share (unset: the dataset spec's "
+        "operating_point.policy).",
+    )
+    beta: float | None = Field(default=None, description="f_beta policy: beta (unset: spec).")
+    false_positive_cost: float | None = Field(
+        default=None, description="cost policy: cost of a false positive (unset: spec)."
+    )
+    false_negative_cost: float | None = Field(
+        default=None, description="cost policy: cost of a false negative (unset: spec)."
+    )
+    target_share: float | None = Field(
+        default=None, description="target_share policy: share of records flagged (unset: spec)."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Try sigmoid and isotonic calibration on the validation days; kept only "
+        "when it lowers the (cross-fitted) validation log loss.",
+    )
+
+
+def operating_policy(config: ModelConfig):
+    """The dataset spec's operating point with the launchpad's overrides."""
+    from mlops_assets.lib.spec import OperatingPointSpec
+
+    overrides = {
+        "policy": config.threshold_policy,
+        "beta": config.beta,
+        "false_positive_cost": config.false_positive_cost,
+        "false_negative_cost": config.false_negative_cost,
+        "target_share": config.target_share,
+    }
+    merged = dataset_spec.operating_point.model_dump() | {
+        k: v for k, v in overrides.items() if v is not None
+    }
+    try:
+        return OperatingPointSpec.model_validate(merged)
+    except ValueError as error:
+        raise dg.Failure(f"operating point: {error}") from None
+
+
+def describe_policy(policy) -> str:
+    """The policy as JSON (the `threshold_policy` tag): evaluation judges the threshold by it."""
+    return policy.model_dump_json()
 
 
 def window_dates(config: TrainingSetConfig) -> tuple[dt.date, dt.date]:
@@ -173,13 +219,19 @@ def model(
     import mlflow as mlflow_api
     from mlflow.models import infer_signature
 
-    from mlops_assets.lib import modeling, registry
+    from mlops_assets.lib import decision, modeling, registry, served
     from mlops_assets.lib.evaluation import classification_metrics
 
     spec = dataset_spec
     categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
     parts = modeling.split_parts(training_set)
     train, validation = parts["train"], parts.get("validation")
+    if validation is None or validation.empty:
+        raise dg.Failure(
+            "the decision threshold and the calibration are chosen on the validation days: "
+            "the training set has none (set validation_fraction > 0)"
+        )
+    policy = operating_policy(config)
     dates = training_set[spec.date.column]
     lineage = {
         "code_version": code_version(),
@@ -227,32 +279,58 @@ def model(
         )
         if search.best_score is not None:
             mlflow_api.log_metric(f"cv_{config.metric}", search.best_score)
-        validation_metrics = {}
-        if validation is not None and len(validation):
-            X_val, y_val = modeling.features_and_label(validation, categorical, numeric, label)
-            validation_metrics = classification_metrics(y_val, pipeline.predict_proba(X_val)[:, 1])
-            mlflow_api.log_metrics(
-                {f"validation_{k}": float(v) for k, v in validation_metrics.items()}
-            )
+        X_val, y_val = modeling.features_and_label(validation, categorical, numeric, label)
+        days_val = validation[spec.date.column]
+        if config.calibrate:
+            calibration = decision.calibrate(pipeline, X_val, y_val, days_val)
+        else:
+            calibration = decision.Calibration(pipeline, "none", {}, "switched off in the config")
+        context.log.info(f"calibration: {calibration.reason}")
+        proba_val = calibration.model.predict_proba(X_val)[:, 1]
+        threshold = decision.choose_threshold(y_val, proba_val, policy)
+        fitted = served.ThresholdedModel(calibration.model, threshold)
+        validation_metrics = classification_metrics(y_val, proba_val, threshold)
+        mlflow_api.log_params(
+            {
+                "threshold": threshold,
+                "threshold_policy": describe_policy(policy),
+                "calibration": calibration.method,
+            }
+        )
+        mlflow_api.log_metrics(
+            {
+                **{f"validation_{k}": float(v) for k, v in validation_metrics.items()},
+                **{f"validation_log_loss_{k}": v for k, v in calibration.log_loss.items()},
+            }
+        )
         X_train, _ = modeling.features_and_label(train, categorical, numeric, label)
         example = X_train.head(5)
         logged = mlflow_api.sklearn.log_model(
-            pipeline,
+            fitted,
             name="model",
             registered_model_name=mlflow.model_name,
-            signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
+            # Served output: per record the probability and the decision at the threshold.
+            signature=infer_signature(example, fitted.predict(example)),
             input_example=example,
-            skops_trusted_types=modeling.skops_trusted_types(config.estimator),
+            skops_trusted_types=[
+                *modeling.skops_trusted_types(config.estimator),
+                *served.TRUSTED_TYPES,
+            ],
             pip_requirements=registry.serving_requirements(),
         )
         version = str(logged.registered_model_version)
         client = mlflow.client()
-        for key, value in {**lineage, "estimator": config.estimator}.items():
+        decision_tags = {
+            registry.THRESHOLD_TAG: repr(threshold),
+            registry.THRESHOLD_POLICY_TAG: describe_policy(policy),
+            "calibration": calibration.method,
+        }
+        for key, value in {**lineage, "estimator": config.estimator, **decision_tags}.items():
             client.set_model_version_tag(mlflow.model_name, version, key, value)
         client.set_registered_model_alias(mlflow.model_name, registry.CHALLENGER, version)
         run_id = run.info.run_id
 
-    ref = registry.ModelRef(mlflow.model_name, version, run_id, config.estimator)
+    ref = registry.ModelRef(mlflow.model_name, version, run_id, config.estimator, threshold)
     return dg.Output(
         ref,
         metadata={
@@ -267,6 +345,11 @@ def model(
             else float("nan"),
             **{f"validation_{k}": float(v) for k, v in validation_metrics.items()},
             "trials": len(search.trials),
+            "threshold": threshold,
+            "threshold_policy": describe_policy(policy),
+            "calibration": calibration.method,
+            "calibration_reason": calibration.reason,
+            **{f"validation_log_loss_{k}": v for k, v in calibration.log_loss.items()},
             **lineage,
         },
     )

@@ -113,6 +113,8 @@ def lifecycle_resources(tmp_path: Path, sample_csv: Path, mlflow_resource) -> di
 
 
 MODEL = "flights_model"
+# The same pipeline registered twice, with different operating points.
+THRESHOLDS = {"1": 0.2, "2": 0.35}
 # The features table as an upstream these runs read but never build (the world built it).
 FEATURES_TABLE = dg.AssetSpec(
     "features",
@@ -163,7 +165,7 @@ def world(tmp_path_factory, flights_rows):
     pipeline.fit(x, y)
     # In-sample metrics stand in for the test metrics: optimistic by construction, so the unseen
     # days fall below them and the performance check has something to find.
-    reference = classification_metrics(y, pipeline.predict_proba(x)[:, 1])
+    reference = classification_metrics(y, pipeline.predict_proba(x)[:, 1], THRESHOLDS["1"])
     with registry.scoped_tracking(uri), mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_metrics({f"test_{k}": v for k, v in reference.items()})
         logged = mlflow.sklearn.log_model(
@@ -177,6 +179,8 @@ def world(tmp_path_factory, flights_rows):
     with registry.scoped_tracking(uri):  # MLflow resolves a models:/ source on its global URI
         client.create_model_version(MODEL, logged.model_uri, run.info.run_id)
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    for version, threshold in THRESHOLDS.items():
+        client.set_model_version_tag(MODEL, version, registry.THRESHOLD_TAG, str(threshold))
     return {"root": root, "uri": uri, "reference": reference}
 
 

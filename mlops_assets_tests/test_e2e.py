@@ -218,8 +218,16 @@ TRAINING_CONFIG = {
             }
         },
         "model": {"config": {"search": "none"}},
-        # So little data must not decide whether the gate passes.
-        "evaluation": {"config": {"min_lift_over_baseline": -1.0}},
+        # So little data (one test day) must not decide whether the gates pass.
+        "evaluation": {
+            "config": {
+                "baseline_margin": -1.0,
+                "champion_margin": -1.0,
+                "rate_factor": 1000.0,
+                "min_test_days": 1,
+                "n_resamples": 100,
+            }
+        },
         "feature_importance": {"config": {"n_repeats": 1, "max_rows": 2000}},
     }
 }
@@ -466,7 +474,9 @@ def test_mlflow_serves_the_champion(cli_lifecycle):
     response = requests.post(f"{url}/invocations", json=body, timeout=60)
     assert response.status_code == 200, f"{response.status_code}: {response.text}\n" + server.logs()
     predictions = response.json()["predictions"]
-    assert len(predictions) == 2 and set(predictions) <= {0, 1}, predictions
+    # Per row the probability and the decision at the champion's own threshold.
+    assert len(predictions) == 2, predictions
+    assert all(set(row) == {"probability", "prediction"} for row in predictions), predictions
 
     server.stop()
     server.assert_stopped()
@@ -479,7 +489,8 @@ def test_mlflow_serves_the_champion(cli_lifecycle):
     pipeline = mlflow.sklearn.load_model(
         client.get_model_version_download_uri(MODEL_NAME, str(champion.version))
     )
-    assert predictions == pipeline.predict(rows).tolist(), (
-        f"served {predictions}, in-process probabilities {pipeline.predict_proba(rows)[:, 1]}"
-        f" for {body}\n" + server.logs()
-    )
+    threshold = float(champion.tags["threshold"])
+    proba = pipeline.predict_proba(rows)[:, 1]
+    served = [row["probability"] for row in predictions]
+    assert served == pytest.approx(proba.tolist(), abs=1e-9), f"{served} vs {proba} for {body}"
+    assert [row["prediction"] for row in predictions] == (proba >= threshold).astype(int).tolist()

@@ -21,6 +21,7 @@ from mlops_assets_tests.conftest import (
     FEATURES_TABLE,
     MODEL,
     ROWS_PER_DAY,
+    THRESHOLDS,
     make_env,
     range_tags,
 )
@@ -123,6 +124,18 @@ def test_predictions_carry_the_model_version_and_a_rerun_replaces_a_day(env):
     assert sql(env, "SELECT count(*) FROM flights.predictions") == [(180,)]
     meta = result.asset_materializations_for_node("predictions")[0].metadata
     assert meta["champion_version"].value == "1" and meta["challenger_version"].value == "2"
+    # Each version decides at its own threshold, stored beside the probability.
+    wrong = sql(
+        env,
+        "SELECT count(*) FROM flights.predictions WHERE prediction != "
+        "(probability >= CASE model_version WHEN '1' THEN 0.2 ELSE 0.35 END)::INTEGER "
+        "OR threshold != CASE model_version WHEN '1' THEN 0.2 ELSE 0.35 END",
+    )
+    assert wrong == [(0,)]
+    split = sql(
+        env, "SELECT count(*) FROM flights.predictions WHERE probability BETWEEN 0.2 AND 0.35"
+    )
+    assert split[0][0] > 0  # records on which the two versions decide differently
 
 
 def test_a_range_reports_its_numbers_per_day_in_the_event_log(ranged):
@@ -227,12 +240,14 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
         "AND f.is_delayed IS NOT NULL AND p.flight_date = '2013-01-09'",
     )
     y, p = np.array(labelled).T
-    [(brier, positive_rate, n, version)] = sql(
+    [(brier, positive_rate, predicted_rate, n, version)] = sql(
         ranged,
-        "SELECT brier, positive_rate, n, model_version FROM flights.performance "
-        "WHERE flight_date = '2013-01-09'",
+        "SELECT brier, positive_rate, predicted_positive_rate, n, model_version "
+        "FROM flights.performance WHERE flight_date = '2013-01-09'",
     )
     assert brier == pytest.approx(brier_score_loss(y, p)) and positive_rate == y.mean()
+    # Decisions at the champion's threshold, not at 0.5.
+    assert predicted_rate == pytest.approx(np.mean(p >= THRESHOLDS["1"]))
     assert n == len(y) and version == "1"
     warned = check(result, monitoring.PERFORMANCE_CHECK)
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN

@@ -18,15 +18,25 @@ TRAINING_ASSETS = [
     promotion.champion_model,
 ]
 WINDOW = {"start": "2013-01-01", "end": f"2013-01-{SAMPLE_DAYS}"}
+# 14 days of 30 flights leave 2 test days: far too few to judge a model, so these runs judge
+# anyway (min_test_days=1) with margins no model misses; the gates' logic is tested in
+# lib/test_decision.py on data large enough to mean something.
+LENIENT = {
+    "baseline_margin": -1.0,
+    "champion_margin": -1.0,
+    "rate_factor": 1000.0,
+    "min_test_days": 1,
+    "n_resamples": 100,
+}
 
 
-def run_config(min_lift=0.0, promote=False, **model):
+def run_config(gates=None, promote=False, **model):
     model = {"search": "random", "n_trials": 2, "cv_splits": 2, **model}
     return {
         "ops": {
             "training_set": {"config": WINDOW},
             "model": {"config": model},
-            "evaluation": {"config": {"min_lift_over_baseline": min_lift}},
+            "evaluation": {"config": {**LENIENT, **(gates or {})}},
             "feature_importance": {"config": {"n_repeats": 2}},
             "champion_model": {"config": {"promote_challenger": promote}},
         }
@@ -99,7 +109,15 @@ def test_training_registers_a_tracked_champion(features_stored, instance, mlflow
 
 
 def test_a_failing_gate_blocks_promotion(features_stored, instance, mlflow_resource):
-    result = train(features_stored, instance, min_lift=1.0)
+    # No ROC AUC difference reaches 1.
+    result = train(features_stored, instance, gates={"baseline_margin": 1.0})
+    (check,) = [
+        c for c in result.get_asset_check_evaluations() if c.check_name == "check_beats_baseline"
+    ]
+    assert not check.passed
+    assert check.description.startswith("check_beats_baseline: failed: model ROC AUC")
+    assert "lower bound must be above +1.0000" in check.description
+    assert check.metadata["margin"].value == 1.0
     assert not result.asset_materializations_for_node("champion_model")
     client = mlflow_resource.client()
     version = client.get_model_version("test_model", "1")
@@ -206,3 +224,62 @@ def test_unknown_estimator_or_parameter_is_refused(features_stored, instance):
         train(features_stored, instance, estimator="xgboost")
     result = train(features_stored, instance, params={"max_depth": "deep", "nope": 1})
     assert "nope" in failure_message(result)
+
+
+def test_the_threshold_is_chosen_on_validation_and_stored_with_the_version(
+    features_stored, instance, mlflow_resource
+):
+    from mlops_assets.lib import decision
+    from mlops_assets.lib.modeling import features_and_label
+    from mlops_assets.lib.spec import OperatingPointSpec
+    from mlops_assets.partitions import dataset_spec as spec
+
+    result = train(features_stored, instance, search="none", threshold_policy="target_share")
+    assert result.success
+    client = mlflow_resource.client()
+    version = client.get_model_version("test_model", "1")
+    ref = registry.version_for_alias(client, "test_model", "challenger")
+    threshold = float(version.tags["threshold"])
+    assert ref.threshold == threshold
+    assert float(client.get_run(version.run_id).data.params["threshold"]) == threshold
+    policy = OperatingPointSpec.model_validate_json(version.tags["threshold_policy"])
+    assert (policy.policy, policy.target_share) == (
+        "target_share",
+        spec.operating_point.target_share,
+    )
+    (materialization,) = result.asset_materializations_for_node("model")
+    assert materialization.metadata["threshold"].value == threshold
+
+    # The same threshold, recomputed from the validation rows and the registered model.
+    model = mlflow_resource.load_pipeline(ref)
+    with duckdb.connect(features_stored["warehouse"].database, read_only=True) as con:
+        validation = con.sql("SELECT * FROM flights.training_set WHERE split = 'validation'").df()
+    X, y = features_and_label(
+        validation, spec.categorical_features, spec.numeric_features, spec.target.name
+    )
+    proba = model.predict_proba(X)[:, 1]
+    assert decision.choose_threshold(y, proba, policy) == threshold
+    assert abs(float((proba >= threshold).mean()) - policy.target_share) <= 1 / len(y) + 1e-9
+    # What `mlflow models serve` returns: probability and the decision at the threshold.
+    served = model.predict(X)
+    assert list(served.columns) == ["probability", "prediction"]
+    assert served["prediction"].tolist() == (proba >= threshold).astype(int).tolist()
+
+    (evaluated,) = result.asset_materializations_for_node("evaluation")
+    meta = evaluated.metadata
+    assert meta["operating_point/threshold"].value == threshold
+    assert meta["operating_point/naive_threshold"].value == decision.NAIVE_THRESHOLD
+    assert {"operating_point/hindsight_objective", "calibration_after/ece"} <= set(meta)
+
+
+def test_gates_with_too_few_test_days_are_not_judged_and_never_pass(
+    features_stored, instance, mlflow_resource
+):
+    result = train(features_stored, instance, search="none", gates={"min_test_days": 5})
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    judged = [c for c in checks.values() if "not judged" in (c.description or "")]
+    assert {c.check_name for c in judged} == {"check_beats_baseline", "check_not_degenerate"}
+    assert all(not c.passed and c.severity == dg.AssetCheckSeverity.WARN for c in judged)
+    version = mlflow_resource.client().get_model_version("test_model", "1")
+    assert version.tags["evaluation_gates"] == "failed"
+    assert version.aliases == ["challenger"]

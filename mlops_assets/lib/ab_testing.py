@@ -578,7 +578,7 @@ def expected_calibration_error(y_true: np.ndarray, score: np.ndarray, n_bins: in
     return float(gap[counts > 0].sum() / y.size)
 
 
-def predicted_positive_rate(score: np.ndarray, threshold: float = 0.5) -> float:
+def predicted_positive_rate(score: np.ndarray, threshold: float) -> float:
     """Share of records predicted positive (score >= threshold)."""
     return float(np.mean(np.asarray(score, float) >= threshold))
 
@@ -601,7 +601,7 @@ def check_guardrails(
     score_control: np.ndarray,
     y_treatment: np.ndarray,
     score_treatment: np.ndarray,
-    threshold: float = 0.5,
+    threshold: float | tuple[float, float],
     brier_tolerance: float | None = 0.01,
     ece_tolerance: float | None = 0.03,
     positive_rate_tolerance: float | None = 0.05,
@@ -611,21 +611,27 @@ def check_guardrails(
     Calibration must not degrade: Brier and ECE may rise by at most their tolerance. The predicted
     positive rate (score >= threshold) may move by at most its tolerance in either direction,
     since downstream consumers size their work on it. For paired data pass the same y twice.
+    `threshold` is each model's own operating point: (control, treatment), or one for both.
     """
+    cuts = threshold if isinstance(threshold, tuple) else (threshold, threshold)
     results = []
     for name, fn, tol, two_sided in (
         ("brier", brier_score, brier_tolerance, False),
         ("ece", expected_calibration_error, ece_tolerance, False),
         (
             "positive_rate",
-            lambda _, s: predicted_positive_rate(s, threshold),
+            lambda _, s, cut: predicted_positive_rate(s, cut),
             positive_rate_tolerance,
             True,
         ),
     ):
         if tol is None:
             continue
-        control, treatment = fn(y_control, score_control), fn(y_treatment, score_treatment)
+        if name == "positive_rate":
+            control = fn(y_control, score_control, cuts[0])
+            treatment = fn(y_treatment, score_treatment, cuts[1])
+        else:
+            control, treatment = fn(y_control, score_control), fn(y_treatment, score_treatment)
         delta = treatment - control
         passed = abs(delta) <= tol if two_sided else delta <= tol
         rule = f"abs(delta) <= {tol:g}" if two_sided else f"delta <= {tol:g}"
@@ -664,11 +670,14 @@ class ExperimentDesign:
     """
 
     baseline_accuracy: float
+    # Each model's decision threshold (the model version's operating point); the treatment's
+    # defaults to the control's.
+    threshold: float
     mde: float = 0.02
     alpha: float = 0.05
     power: float = 0.80
     discordant_rate: float = 0.10
-    threshold: float = 0.5
+    treatment_threshold: float | None = None
     brier_tolerance: float | None = 0.01
     ece_tolerance: float | None = 0.03
     positive_rate_tolerance: float | None = 0.05
@@ -682,13 +691,19 @@ class ExperimentDesign:
             raise ValueError(f"alpha and power must be in (0, 1): {self.alpha}, {self.power}")
         if self.mde <= 0:
             raise ValueError(f"mde is the accuracy gain to detect and must be > 0, got {self.mde}")
-        if not 0 < self.threshold < 1 or self.n_resamples < 1:
+        if not 0 < self.threshold < 1 or not 0 < self.cuts[1] < 1 or self.n_resamples < 1:
             raise ValueError("threshold must be in (0, 1) and n_resamples >= 1")
         unknown = set(self.secondary_metrics) - set(METRICS)
         if unknown:
             raise ValueError(f"unknown secondary metric(s) {sorted(unknown)}; use {METRICS}")
         # Fail at construction, not at the horizon, if the horizons cannot be computed.
         _ = self.required_n_per_arm, self.required_n_paired
+
+    @property
+    def cuts(self) -> tuple[float, float]:
+        """(control, treatment) decision thresholds."""
+        treatment = self.threshold if self.treatment_threshold is None else self.treatment_threshold
+        return self.threshold, treatment
 
     @property
     def required_n_per_arm(self) -> int:
@@ -756,8 +771,8 @@ def _analyse_split(
     )
     if horizon.reached and design.freeze_at_horizon:
         y_c, s_c, y_t, s_t = (a[: horizon.required] for a in (y_c, s_c, y_t, s_t))
-    correct_c = int(np.sum((s_c >= design.threshold) == y_c))
-    correct_t = int(np.sum((s_t >= design.threshold) == y_t))
+    correct_c = int(np.sum((s_c >= design.cuts[0]) == y_c))
+    correct_t = int(np.sum((s_t >= design.cuts[1]) == y_t))
     accuracy = two_proportion_ztest(
         correct_c, y_c.size, correct_t, y_t.size, design.alpha, design.power
     )
@@ -778,7 +793,7 @@ def _analyse_paired(
     if horizon.reached and design.freeze_at_horizon:
         y, s_c, s_t = (a[: horizon.required] for a in (y, s_c, s_t))
     accuracy = mcnemar_test(
-        (s_c >= design.threshold) == y, (s_t >= design.threshold) == y, design.alpha
+        (s_c >= design.cuts[0]) == y, (s_t >= design.cuts[1]) == y, design.alpha
     )
     secondary = tuple(
         paired_bootstrap_difference(y, s_c, s_t, m, design.n_resamples, design.alpha, design.seed)
@@ -1025,7 +1040,7 @@ def decide(
     guardrails = tuple(
         check_guardrails(
             *data,
-            threshold=design.threshold,
+            threshold=design.cuts,
             brier_tolerance=design.brier_tolerance,
             ece_tolerance=design.ece_tolerance,
             positive_rate_tolerance=design.positive_rate_tolerance,

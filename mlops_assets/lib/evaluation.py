@@ -1,4 +1,4 @@
-"""Evaluation of a binary classifier: metrics, a prior baseline, plots and permutation importance.
+"""Evaluation of a binary classifier: metrics, plots and permutation importance.
 
 Pure functions, no Dagster imports. scikit-learn and matplotlib are imported inside the functions
 so that importing this module stays cheap for the Dagster code location.
@@ -20,7 +20,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# The keys of `classification_metrics` and `baseline_metrics`, in display order.
+# The keys of `classification_metrics`, in display order.
 METRIC_NAMES = (
     "n",
     "positive_rate",
@@ -35,11 +35,6 @@ METRIC_NAMES = (
     "brier",
 )
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
-
-
-def improvement(metric: str, model: float, reference: float) -> float:
-    """How much better `model` is than `reference` (positive is better, whatever the metric)."""
-    return reference - model if metric in LOWER_IS_BETTER else model - reference
 
 
 PLOT_NAMES = ("confusion_matrix", "roc_curve", "pr_curve", "calibration_curve")
@@ -73,11 +68,11 @@ def _both_classes(y: np.ndarray) -> bool:
     return bool(y.min() != y.max())
 
 
-def classification_metrics(y_true: Any, proba: Any, threshold: float = 0.5) -> dict[str, float]:
+def classification_metrics(y_true: Any, proba: Any, threshold: float) -> dict[str, float]:
     """Threshold and ranking metrics of positive-class probabilities `proba` against 0/1 `y_true`.
 
-    A record is predicted positive when proba >= threshold (as in `lib.ab_testing`; a fitted
-    model's `predict` uses > 0.5). Precision, recall and f1 are 0 where undefined. When `y_true`
+    A record is predicted positive when proba >= threshold (the model version's operating point,
+    `ModelRef.decision_threshold`). Precision, recall and f1 are 0 where undefined. When `y_true`
     holds a single class, roc_auc and pr_auc are undefined and come back as NaN (no warning, no
     error); the other metrics are still computed. `n` is the record count (an int).
     """
@@ -111,18 +106,6 @@ def classification_metrics(y_true: Any, proba: Any, threshold: float = 0.5) -> d
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "brier": float(brier_score_loss(y, p, pos_label=1)),
     }
-
-
-def baseline_metrics(y_train: Any, y_test: Any) -> dict[str, float]:
-    """Metrics of the prior baseline on `y_test`: it scores every record with the training
-    positive rate and so labels every record with the training majority class.
-
-    Its roc_auc is 0.5 and its pr_auc the test positive rate: the floor a model must beat.
-    """
-    prior = float(_labels(y_train).mean())
-    y = _labels(y_test)
-    # Threshold 0.5 turns the constant score into the majority label (a tie goes to positive).
-    return classification_metrics(y, np.full(y.size, prior), threshold=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,19 +211,30 @@ def save_pr_curve(y_true: Any, proba: Any, path: str | Path, baseline: Any | Non
     return _save(figure, path)
 
 
-def save_calibration_curve(y_true: Any, proba: Any, path: str | Path, n_bins: int = 10) -> Path:
-    """Reliability diagram (equal-width bins) above a histogram of the predicted probabilities."""
+def save_calibration_curve(
+    y_true: Any,
+    proba: Any,
+    path: str | Path,
+    n_bins: int = 10,
+    uncalibrated: Any | None = None,
+) -> Path:
+    """Reliability diagram (equal-width bins) above a histogram of the predicted probabilities;
+    with `uncalibrated`, the model's scores before calibration are drawn beside them."""
     from sklearn.calibration import calibration_curve
 
     y, p = _checked(y_true, proba)
     if n_bins < 2:
         raise ValueError(f"n_bins must be >= 2, got {n_bins}")
-    # Empty bins are dropped by calibration_curve, so the points are the non-empty bins only.
-    observed, predicted = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     figure = _figure(5, 6)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    top.plot(predicted, observed, marker="o", label="model")
+    curves = [("model", p)]
+    if uncalibrated is not None:
+        curves = [("before calibration", _checked(y, uncalibrated)[1]), ("calibrated", p)]
+    for name, scores in curves:
+        # Empty bins are dropped by calibration_curve, so the points are the non-empty bins only.
+        observed, predicted = calibration_curve(y, scores, n_bins=n_bins, strategy="uniform")
+        top.plot(predicted, observed, marker="o", label=name)
     top.set(ylabel="observed positive rate", title="Calibration", xlim=(0, 1), ylim=(0, 1))
     top.legend(loc="upper left")
     bottom.hist(p, bins=np.linspace(0, 1, n_bins + 1), color="grey")
@@ -252,8 +246,9 @@ def save_evaluation_plots(
     y_true: Any,
     proba: Any,
     directory: str | Path,
-    threshold: float = 0.5,
+    threshold: float,
     baseline: Any | None = None,
+    uncalibrated: Any | None = None,
 ) -> dict[str, Path]:
     """All evaluation plots as `<name>.png` in `directory`, keyed by the names in PLOT_NAMES.
 
@@ -270,7 +265,9 @@ def save_evaluation_plots(
     if _both_classes(y):
         plots["roc_curve"] = save_roc_curve(y, p, directory / "roc_curve.png", baseline)
         plots["pr_curve"] = save_pr_curve(y, p, directory / "pr_curve.png", baseline)
-    plots["calibration_curve"] = save_calibration_curve(y, p, directory / "calibration_curve.png")
+    plots["calibration_curve"] = save_calibration_curve(
+        y, p, directory / "calibration_curve.png", uncalibrated=uncalibrated
+    )
     return plots
 
 

@@ -16,9 +16,14 @@ import pandas as pd
 
 from mlops_assets.lib.evaluation import LOWER_IS_BETTER, classification_metrics
 
-# A record is predicted positive when its probability is >= this (as lib.evaluation scores it).
-DECISION_THRESHOLD = 0.5
-PREDICTION_COLUMNS = ("model_name", "model_version", "model_alias", "prediction", "probability")
+PREDICTION_COLUMNS = (
+    "model_name",
+    "model_version",
+    "model_alias",
+    "prediction",
+    "probability",
+    "threshold",
+)
 
 
 def predict_long(
@@ -28,15 +33,16 @@ def predict_long(
     id_columns: Sequence[str],
     feature_columns: Sequence[str],
     model_name: str,
-    threshold: float = DECISION_THRESHOLD,
 ) -> pd.DataFrame:
-    """One row per record per model: ids, model name/version/alias, predicted class, probability.
+    """One row per record per model: ids, model name/version/alias, the decision (`prediction`,
+    1 when probability >= the version's threshold), the probability and the threshold itself.
 
-    `models` holds (alias, (version, pipeline)) pairs; each pipeline's `predict_proba` takes the
-    feature columns. An empty `frame` gives an empty frame with the same columns.
+    `models` holds (alias, (version, threshold, pipeline)) tuples; each pipeline's
+    `predict_proba` takes the feature columns. An empty `frame` gives an empty frame with the
+    same columns.
     """
     parts = []
-    for alias, (version, pipeline) in models:
+    for alias, (version, threshold, pipeline) in models:
         ids = frame[list(id_columns)].reset_index(drop=True)
         if len(frame):
             proba = pipeline.predict_proba(frame[list(feature_columns)])[:, 1]
@@ -49,6 +55,7 @@ def predict_long(
                 model_alias=alias,
                 prediction=(proba >= threshold).astype(np.int64),
                 probability=proba.astype(float),
+                threshold=float(threshold),
             )
         )
     return pd.concat(parts, ignore_index=True)
@@ -70,18 +77,22 @@ def daily_performance(
     *,
     label: str,
     probability: str = "probability",
-    threshold: float = DECISION_THRESHOLD,
+    threshold: str = "threshold",
 ) -> dict[str, float] | None:
     """lib.evaluation metrics of one day's labelled records; None when no record has a label.
 
-    Records without a label (e.g. cancelled flights) are scored but left out here.
+    Decisions are taken at the threshold stored with the rows (one model version's rows, so one
+    value). Records without a label (e.g. cancelled flights) are scored but left out here.
     """
 
     labelled = scored[scored[label].notna()]
     if labelled.empty:
         return None
+    thresholds = labelled[threshold].unique()
+    if len(thresholds) != 1:
+        raise ValueError(f"one day's rows must share one threshold, got {sorted(thresholds)}")
     metrics = classification_metrics(
-        labelled[label].to_numpy(dtype=np.int64), labelled[probability], threshold=threshold
+        labelled[label].to_numpy(dtype=np.int64), labelled[probability], float(thresholds[0])
     )
     return {**metrics, "n_scored": len(scored)}
 

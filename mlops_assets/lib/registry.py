@@ -30,6 +30,9 @@ AUDIT_COLUMNS = (
 )
 SERVING_PACKAGES = ("mlflow", "scikit-learn", "skops", "pandas", "numpy")
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# Model version tags written by training and read downstream.
+THRESHOLD_TAG = "threshold"
+THRESHOLD_POLICY_TAG = "threshold_policy"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,19 @@ class ModelRef:
     version: str
     run_id: str
     estimator: str = ""
+    # The decision threshold chosen for this version (its `threshold` tag); None for a version
+    # registered without one.
+    threshold: float | None = None
+
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold at which this version's probability becomes a positive decision."""
+        if self.threshold is None:
+            raise ValueError(
+                f"{self.name} version {self.version} has no '{THRESHOLD_TAG}' tag: it was "
+                "registered without an operating point; retrain it"
+            )
+        return self.threshold
 
     @property
     def uri(self) -> str:
@@ -121,7 +137,19 @@ def version_for_alias(mlflow_client: MlflowClient, name: str, alias: str) -> Mod
         version = mlflow_client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return ModelRef(name, str(version.version), version.run_id, version.tags.get("estimator", ""))
+    return ref_of(version)
+
+
+def ref_of(version) -> ModelRef:
+    """The ModelRef of an MLflow ModelVersion, its threshold read from its tag."""
+    threshold = version.tags.get(THRESHOLD_TAG)
+    return ModelRef(
+        version.name,
+        str(version.version),
+        version.run_id,
+        version.tags.get("estimator", ""),
+        float(threshold) if threshold is not None else None,
+    )
 
 
 def serving_models(mlflow_client: MlflowClient, name: str) -> ServingModels:
@@ -139,7 +167,8 @@ def test_metrics(mlflow_client: MlflowClient, name: str, version: str) -> dict[s
 
 
 def load_pipeline(ref: ModelRef, tracking_uri: str) -> Any:
-    """The scikit-learn pipeline of a registered version (its preprocessing included)."""
+    """The registered scikit-learn model (its preprocessing included): `predict_proba` gives the
+    probabilities (calibrated when the version was calibrated)."""
     import mlflow.sklearn
 
     with scoped_tracking(tracking_uri):

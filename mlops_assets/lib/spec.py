@@ -101,6 +101,41 @@ class QualitySpec(_Strict):
     max_null_rate: float = Field(0.05, ge=0, le=1)
 
 
+class OperatingPointSpec(_Strict):
+    """How the decision threshold is chosen on the validation days (see lib/decision.py)."""
+
+    policy: Literal["f_beta", "cost", "target_share"] = Field(
+        "f_beta", description="Maximise F-beta, minimise expected cost, or flag a target share."
+    )
+    beta: float = Field(1.0, gt=0, description="f_beta: weight of recall against precision.")
+    false_positive_cost: float = Field(1.0, ge=0, description="cost: price of a false alarm.")
+    false_negative_cost: float = Field(1.0, ge=0, description="cost: price of a missed positive.")
+    target_share: float = Field(
+        0.2, gt=0, lt=1, description="target_share: share of records flagged positive."
+    )
+
+
+class GateSpec(_Strict):
+    """Evaluation gates: the one home of their defaults (the evaluation Config may override)."""
+
+    baseline_margin: float = Field(
+        0.0, description="Lower CI bound of ROC AUC(model) - AUC(simple baseline) must exceed it."
+    )
+    champion_margin: float = Field(
+        -0.01,
+        description="Lower CI bound of ROC AUC(model) - AUC(champion) must exceed it "
+        "(non-inferiority: slightly negative lets an equivalent retrain through).",
+    )
+    rate_factor: float = Field(
+        2.0, gt=1, description="Predicted positive rate within this factor of the actual rate."
+    )
+    confidence: float = Field(0.95, gt=0, lt=1, description="Two-sided interval level.")
+    n_resamples: int = Field(1000, ge=100, description="Day-clustered bootstrap resamples.")
+    min_test_days: int = Field(
+        5, ge=1, description="Fewer test days than this: gates are not judged (never passed)."
+    )
+
+
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Also the DuckDB schema name.")
     description: str = ""
@@ -112,6 +147,8 @@ class DatasetSpec(_Strict):
     features: dict[str, FeatureSpec] = Field(min_length=1)
     target: TargetSpec
     quality: QualitySpec = QualitySpec()
+    operating_point: OperatingPointSpec = OperatingPointSpec()
+    gates: GateSpec = GateSpec()
     training_window: WindowSpec | None = Field(
         default=None, description="Default training window; the first half of the dates if unset."
     )

@@ -344,7 +344,7 @@ def test_calibration_metrics():
     s = np.array([0.05, 0.15, 0.15, 0.95, 1.0])
     # Bins [0, .1): one record, gap .05; [.1, .2): two, |1 - .3| = .7; [.9, 1]: two, |2 - 1.95|.
     assert expected_calibration_error(y, s) == pytest.approx((0.05 + 0.7 + 0.05) / 5)
-    results = check_guardrails(y, s, y, s, ece_tolerance=None, positive_rate_tolerance=None)
+    results = check_guardrails(y, s, y, s, 0.5, ece_tolerance=None, positive_rate_tolerance=None)
     assert [g.name for g in results] == ["brier"]
     assert results[0].control == pytest.approx(brier_score_loss(y, s))
 
@@ -353,13 +353,17 @@ def test_guardrails_fail_on_degraded_calibration_and_shifted_positive_rate():
     rng = np.random.default_rng(4)
     p = rng.uniform(size=4000)
     y = (rng.uniform(size=4000) < p).astype(int)
-    ok = {g.name: g.passed for g in check_guardrails(y, p, y, np.clip(p + 0.01, 0, 1))}
+    ok = {g.name: g.passed for g in check_guardrails(y, p, y, np.clip(p + 0.01, 0, 1), 0.5)}
     assert ok == {"brier": True, "ece": True, "positive_rate": True}
     overconfident = np.where(p >= 0.5, 0.99, 0.01)
-    failed = {g.name: g.passed for g in check_guardrails(y, p, y, overconfident)}
+    failed = {g.name: g.passed for g in check_guardrails(y, p, y, overconfident, 0.5)}
     assert failed == {"brier": False, "ece": False, "positive_rate": True}
-    lowered = {g.name: g.passed for g in check_guardrails(y, p, y, np.clip(p - 0.1, 0, 1))}
+    lowered = {g.name: g.passed for g in check_guardrails(y, p, y, np.clip(p - 0.1, 0, 1), 0.5)}
     assert lowered["positive_rate"] is False
+    # Each model at its own threshold: the shifted scores cut 0.1 lower flag the same records.
+    shifted = np.clip(p - 0.1, 0, 1)
+    own = {g.name: g.passed for g in check_guardrails(y, p, y, shifted, (0.5, 0.4))}
+    assert own["positive_rate"] is True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +371,7 @@ def test_guardrails_fail_on_degraded_calibration_and_shifted_positive_rate():
 
 
 DESIGN = ExperimentDesign(
-    baseline_accuracy=0.70, mde=0.05, discordant_rate=0.15, n_resamples=200, seed=0
+    baseline_accuracy=0.70, threshold=0.5, mde=0.05, discordant_rate=0.15, n_resamples=200, seed=0
 )
 
 
@@ -388,7 +392,7 @@ def test_design_horizons():
     assert DESIGN.required_n_per_arm == required_sample_size(0.70, 0.05)
     assert DESIGN.required_n_paired == required_paired_sample_size(0.05, 0.15) == 469
     with pytest.raises(ValueError, match="mde"):
-        ExperimentDesign(baseline_accuracy=0.7, mde=-0.01)
+        ExperimentDesign(baseline_accuracy=0.7, threshold=0.5, mde=-0.01)
 
 
 def test_promote_when_significantly_better_at_horizon():
@@ -497,7 +501,7 @@ def test_secondary_auc_is_left_out_when_an_arm_has_one_class():
     rng = np.random.default_rng(0)
     y_one = np.zeros(300, dtype=int)
     y_both = rng.integers(0, 2, 300)
-    design = ExperimentDesign(baseline_accuracy=0.7, n_resamples=50)
+    design = ExperimentDesign(baseline_accuracy=0.7, threshold=0.5, n_resamples=50)
     decision = decide(
         design,
         control=ArmScores(y_one, rng.random(300)),

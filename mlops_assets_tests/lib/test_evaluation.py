@@ -24,7 +24,6 @@ from mlops_assets.lib import evaluation
 from mlops_assets.lib.evaluation import (
     METRIC_NAMES,
     PLOT_NAMES,
-    baseline_metrics,
     classification_metrics,
     markdown_table,
     permutation_importance_table,
@@ -92,7 +91,7 @@ def test_metrics_equal_scikit_learn(scored):
 def test_metrics_on_a_hand_checked_example():
     y = [0, 0, 1, 1]
     proba = [0.1, 0.6, 0.4, 0.8]
-    metrics = classification_metrics(y, proba)
+    metrics = classification_metrics(y, proba, threshold=0.5)
     # Predicted [0, 1, 0, 1]: one true positive, one false positive, one false negative.
     assert metrics["accuracy"] == 0.5
     assert metrics["precision"] == 0.5
@@ -103,7 +102,7 @@ def test_metrics_on_a_hand_checked_example():
 
 
 def test_threshold_is_inclusive():
-    assert classification_metrics([0, 1], [0.5, 0.5])["predicted_positive_rate"] == 1.0
+    assert classification_metrics([0, 1], [0.5, 0.5], 0.5)["predicted_positive_rate"] == 1.0
     assert classification_metrics([0, 1], [0.5, 0.5], threshold=0.51)["recall"] == 0.0
 
 
@@ -113,19 +112,19 @@ def test_single_class_gives_nan_ranking_metrics_without_warnings(label):
     proba = np.linspace(0.05, 0.95, 50)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        metrics = classification_metrics(y, proba)
+        metrics = classification_metrics(y, proba, threshold=0.3)
     assert math.isnan(metrics["roc_auc"])
     assert math.isnan(metrics["pr_auc"])
     assert metrics["positive_rate"] == label
     assert metrics["log_loss"] == pytest.approx(log_loss(y, proba, labels=[0, 1]))
     assert metrics["brier"] == pytest.approx(brier_score_loss(y, proba))
-    assert metrics["accuracy"] == pytest.approx(np.mean((proba >= 0.5) == label))
+    assert metrics["accuracy"] == pytest.approx(np.mean((proba >= 0.3) == label))
 
 
 def test_no_predicted_positives_gives_zero_precision_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        metrics = classification_metrics([0, 1, 1], [0.1, 0.2, 0.3])
+        metrics = classification_metrics([0, 1, 1], [0.1, 0.2, 0.3], threshold=0.5)
     assert metrics["precision"] == metrics["recall"] == metrics["f1"] == 0.0
 
 
@@ -142,31 +141,14 @@ def test_no_predicted_positives_gives_zero_precision_without_warnings():
 )
 def test_metrics_reject_bad_inputs(y, proba, message):
     with pytest.raises(ValueError, match=message):
-        classification_metrics(y, proba)
-
-
-def test_baseline_is_the_training_prior():
-    y_train = np.array([1] * 30 + [0] * 70)
-    y_test = np.array([1] * 40 + [0] * 60)
-    baseline = baseline_metrics(y_train, y_test)
-    assert baseline == classification_metrics(y_test, np.full(100, 0.3))
-    assert baseline["predicted_positive_rate"] == 0.0  # majority class is 0
-    assert baseline["accuracy"] == 0.6
-    assert baseline["roc_auc"] == 0.5
-    assert baseline["pr_auc"] == pytest.approx(0.4)
-    assert baseline["brier"] == pytest.approx(0.4 * 0.7**2 + 0.6 * 0.3**2)
-
-
-def test_baseline_predicts_positive_when_positives_are_the_majority():
-    baseline = baseline_metrics([1, 1, 0], [0, 1, 1, 1])
-    assert baseline["predicted_positive_rate"] == 1.0
-    assert baseline["recall"] == 1.0
+        classification_metrics(y, proba, threshold=0.5)
 
 
 def test_markdown_table_lists_model_and_baseline(scored):
     y, proba = scored
-    metrics = classification_metrics(y, proba)
-    baseline = baseline_metrics(y, y)
+    metrics = classification_metrics(y, proba, threshold=0.5)
+    # The training prior as the baseline: one constant score, at the same threshold.
+    baseline = classification_metrics(y, np.full(y.size, y.mean()), threshold=0.5)
     table = markdown_table(metrics, baseline)
     lines = table.splitlines()
     assert lines[0] == "| metric | model | baseline | model - baseline |"
@@ -221,7 +203,7 @@ def test_evaluation_plots_in_one_call(scored, tmp_path):
 def test_single_class_plots_skip_the_undefined_curves(tmp_path):
     y = np.zeros(30, dtype=int)
     proba = np.linspace(0, 0.9, 30)
-    plots = save_evaluation_plots(y, proba, tmp_path)
+    plots = save_evaluation_plots(y, proba, tmp_path, threshold=0.5)
     assert set(plots) == {"confusion_matrix", "calibration_curve"}
     for path in plots.values():
         assert_png(path, min_bytes=1_000)

@@ -44,13 +44,16 @@ def test_labels_are_usable_from_day_plus_delay():
 def test_predict_long_has_one_row_per_record_per_model():
     frame = pd.DataFrame({"id": [1, 2, 3], "x": [0.0, 1.0, 2.0]})
     models = [
-        ("champion", ("3", FixedScores([0.2, 0.5, 0.9]))),
-        ("challenger", ("4", FixedScores([0.6] * 3))),
+        ("champion", ("3", 0.5, FixedScores([0.2, 0.5, 0.9]))),
+        ("challenger", ("4", 0.7, FixedScores([0.6] * 3))),
     ]
     out = predict_long(frame, models, id_columns=["id"], feature_columns=["x"], model_name="m")
     assert len(out) == 6
     champion = out[out["model_alias"] == "champion"]
-    assert champion["prediction"].tolist() == [0, 1, 1]  # >= 0.5 is positive
+    assert champion["prediction"].tolist() == [0, 1, 1]  # >= its threshold 0.5 is positive
+    challenger = out[out["model_alias"] == "challenger"]
+    assert challenger["prediction"].tolist() == [0, 0, 0]  # 0.6 is below its own 0.7
+    assert champion["threshold"].tolist() == [0.5] * 3 and set(challenger["threshold"]) == {0.7}
     assert set(out["model_version"]) == {"3", "4"} and set(out["model_name"]) == {"m"}
     empty = predict_long(
         frame.iloc[:0], models, id_columns=["id"], feature_columns=["x"], model_name="m"
@@ -66,10 +69,14 @@ def test_constant_within_batches_finds_calendar_like_columns():
 
 
 def test_daily_performance_leaves_out_unlabelled_records():
-    scored = pd.DataFrame({"y": [1, 0, np.nan, 1], "probability": [0.9, 0.2, 0.7, 0.4]})
+    scored = pd.DataFrame(
+        {"y": [1, 0, np.nan, 1], "probability": [0.9, 0.2, 0.7, 0.4], "threshold": 0.5}
+    )
     metrics = daily_performance(scored, label="y")
     assert metrics["n"] == 3 and metrics["n_scored"] == 4
     assert metrics["accuracy"] == pytest.approx(2 / 3)
+    # At the rows' own threshold 0.3 the third labelled record (0.4) becomes a hit.
+    assert daily_performance(scored.assign(threshold=0.3), label="y")["accuracy"] == 1.0
     assert daily_performance(scored.assign(y=np.nan), label="y") is None
 
 
