@@ -102,7 +102,7 @@ def objective_at(y_true: Any, proba: Any, threshold: float, policy: OperatingPoi
         return (1 + b2) * tp / denominator if denominator else 0.0
     if policy.policy == "cost":
         return -(policy.false_positive_cost * fp + policy.false_negative_cost * fn) / y.size
-    return -abs(flagged.mean() - policy.target_share)
+    return -abs(float(flagged.mean()) - policy.target_share)
 
 
 @dataclass(frozen=True)
@@ -125,15 +125,18 @@ class OperatingPointReport:
         return self.best_objective / self.objective if self.objective else 1.0
 
     def metadata(self) -> dict[str, float | str]:
+        figures = {
+            "threshold": self.threshold,
+            "test_objective": self.objective,
+            "hindsight_threshold": self.best_threshold,
+            "hindsight_objective": self.best_objective,
+            "naive_threshold": self.naive_threshold,
+            "naive_objective": self.naive_objective,
+            "share_of_hindsight": self.share_of_best,
+        }
         return {
             "operating_point/policy": self.policy,
-            "operating_point/threshold": self.threshold,
-            "operating_point/test_objective": self.objective,
-            "operating_point/hindsight_threshold": self.best_threshold,
-            "operating_point/hindsight_objective": self.best_objective,
-            "operating_point/naive_threshold": self.naive_threshold,
-            "operating_point/naive_objective": self.naive_objective,
-            "operating_point/share_of_hindsight": self.share_of_best,
+            **{f"operating_point/{k}": float(v) for k, v in figures.items()},
         }
 
 
