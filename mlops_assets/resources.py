@@ -11,8 +11,10 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from dagster._core.storage.db_io_manager import DbTypeHandler
+from dagster._core.definitions.partitions.utils import TimeWindow
+from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler
 from dagster_duckdb import DuckDBIOManager, DuckDBResource
+from dagster_duckdb.io_manager import DuckDbClient
 from pydantic import Field
 
 from mlops_assets.lib.spec import DatasetSpec
@@ -78,23 +80,152 @@ class DatasetSource(dg.ConfigurableResource):
 
 
 class DuckDBFrameIOManager(DuckDBIOManager):
-    """DataFrames in DuckDB tables `<schema>.<asset>`: dagster-duckdb-pandas, imported lazily.
+    """DataFrames in DuckDB tables `<schema>.<asset>`, built on dagster-duckdb-pandas.
 
-    The same as `DuckDBPandasIOManager`, except that pandas is imported on first use rather than
-    when the code location loads (it would nearly double the load time).
+    Each write replaces its partition (or the whole table) in one transaction, inserting by
+    column name, and keeps the replaced rows in `<table>_history` for `history_retention_days`
+    (see `lib/storage.py`; `python -m mlops_assets.restore` puts a day back). pandas is imported
+    on first use rather than when the code location loads (it would nearly double the load time).
     """
+
+    history_retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="Days the replaced content of a partition stays restorable (0: keep none).",
+    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
-        from dagster_duckdb_pandas import DuckDBPandasTypeHandler
-
-        return [DuckDBPandasTypeHandler()]
+        return [_ReplacingPandasHandler()]
 
     @staticmethod
     def default_load_type() -> type:
         import pandas as pd
 
         return pd.DataFrame
+
+    def create_io_manager(self, context) -> DbIOManager:
+        handler = _ReplacingPandasHandler(self.history_retention_days)
+        return DbIOManager(
+            db_client=_QuotingDuckDbClient(),
+            database=self.database,
+            schema=self.schema_,
+            type_handlers=[handler],
+            default_load_type=self.default_load_type(),
+            io_manager_name="DuckDBIOManager",
+        )
+
+
+class _QuotingDuckDbClient(DuckDbClient):
+    """The library's client, with quoted names, and no delete outside the write's transaction."""
+
+    @staticmethod
+    def delete_table_slice(context, table_slice, connection) -> None:
+        """Nothing here: the type handler deletes and inserts in one transaction."""
+
+    @staticmethod
+    def ensure_schema_exists(context, table_slice, connection) -> None:
+        from mlops_assets.lib.sql import ident
+
+        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(table_slice.schema)}")
+
+    @staticmethod
+    def get_select_statement(table_slice) -> str:
+        from mlops_assets.lib.sql import ident, literal, table
+
+        columns = ", ".join(ident(c) for c in table_slice.columns or []) or "*"
+        query = f"SELECT {columns} FROM {table(table_slice.schema, table_slice.table)}"
+        conditions = []
+        for dimension in table_slice.partition_dimensions or []:
+            column = ident(dimension.partition_expr)
+            window = dimension.partitions
+            if isinstance(window, TimeWindow):
+                start, end = (literal(t.strftime("%Y-%m-%d %H:%M:%S")) for t in window)
+                conditions.append(f"{column} >= {start} AND {column} < {end}")
+            else:
+                values = ", ".join(literal(v) for v in window)
+                conditions.append(f"{column} IN ({values})")
+        return f"{query} WHERE {' AND '.join(conditions)}" if conditions else query
+
+
+def _slice_of(table_slice):
+    """The table slice as `lib.storage.Slice` (one time-window partition dimension at most)."""
+    from mlops_assets.lib.storage import Slice
+
+    dimensions = table_slice.partition_dimensions or []
+    if not dimensions:
+        return Slice(table_slice.schema, table_slice.table)
+    if len(dimensions) > 1 or not isinstance(dimensions[0].partitions, TimeWindow):
+        raise NotImplementedError("only one time-window partition dimension is supported")
+    start, end = dimensions[0].partitions
+    return Slice(
+        table_slice.schema,
+        table_slice.table,
+        dimensions[0].partition_expr,
+        start.replace(tzinfo=None),
+        end.replace(tzinfo=None),
+    )
+
+
+class _ReplacingPandasHandler(DbTypeHandler):
+    """dagster-duckdb-pandas' handler, writing through `lib.storage.replace_slice`.
+
+    The library's handler deletes the partition outside any transaction, inserts by position
+    (`SELECT *`) and skips the insert for an empty frame: a crash between the two, a column
+    order that changed, or an empty delivery lost stored rows.
+    """
+
+    def __init__(self, retention_days: int = 30):
+        self.retention_days = retention_days
+
+    def handle_output(self, context: dg.OutputContext, table_slice, obj, connection):
+        from dagster._core.definitions.metadata import TableMetadataSet
+
+        from mlops_assets.lib.storage import replace_slice
+
+        target = _slice_of(table_slice)
+        connection.register("_new_rows", obj)
+        try:
+            result = replace_slice(
+                connection,
+                target,
+                "_new_rows",
+                run_id=context.run_id,
+                retention_days=self.retention_days,
+            )
+        finally:
+            connection.unregister("_new_rows")
+        if result.added_columns:
+            context.log.warning(f"{target.name}: new column(s) {result.added_columns} added")
+        if result.missing_columns:
+            context.log.warning(
+                f"{target.name}: stored column(s) {result.missing_columns} are not in the new "
+                "rows; they stay, NULL in the new rows"
+            )
+        if obj.empty and result.deleted:
+            context.log.warning(f"{target.name}: {result.deleted} stored rows replaced by none")
+        counts = (
+            TableMetadataSet(partition_row_count=len(obj))
+            if context.has_partition_key
+            else TableMetadataSet(row_count=len(obj))
+        )
+        return {
+            **counts,
+            "rows_replaced": result.deleted,
+            "rows_archived": result.archived,
+            "added_columns": ", ".join(result.added_columns) or "none",
+        }
+
+    def load_input(self, context: dg.InputContext, table_slice, connection):
+        from dagster_duckdb_pandas import DuckDBPandasTypeHandler
+
+        return DuckDBPandasTypeHandler().load_input(context, table_slice, connection)
+
+    @property
+    def supported_types(self):
+        import pandas as pd
+
+        return [pd.DataFrame]
 
 
 def table_exists(con, table: str) -> bool:
