@@ -54,20 +54,42 @@ class DatasetSource(dg.ConfigurableResource):
         )
 
     def records(self, spec: DatasetSpec, start: dt.date, end: dt.date) -> pd.DataFrame:
-        """Source rows dated in [start, end), every column as text, plus the date column."""
+        """Source rows of the partitions [start, end): the declared columns as text, the date,
+        and `partition_date` (rows dated outside the declared range go to its nearest day)."""
         from mlops_assets.lib.sources import read_dates
 
         staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
-        return read_dates(staged, spec.date.column, start, end)
+        bounds = (spec.date.start, spec.date.end)
+        return read_dates(
+            staged, spec.date.column, start, end, columns=list(spec.columns), bounds=bounds
+        )
+
+    def extra_columns(self, spec: DatasetSpec) -> list[str]:
+        """Columns of the source file that the specification does not declare (not read)."""
+        from mlops_assets.lib.sources import staged_columns
+
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        known = {*spec.columns, spec.date.column}
+        return [c for c in staged_columns(staged) if c not in known]
+
+    def outside_range(self, spec: DatasetSpec) -> tuple[int, list[dt.date]]:
+        """Rows of the source dated outside the declared range, and a few of their dates."""
+        from mlops_assets.lib.sources import outside_range
+
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        return outside_range(staged, spec.date.column, spec.date.start, spec.date.end)
 
     def dates(self, spec: DatasetSpec) -> list[dt.date]:
         """The distinct dates the source holds (staging it first if its content changed)."""
         import duckdb
 
+        from mlops_assets.lib.sql import ident
+
         staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
         with duckdb.connect() as con:
             rows = con.execute(
-                f"SELECT DISTINCT {spec.date.column} FROM read_parquet(?) ORDER BY 1", [str(staged)]
+                f"SELECT DISTINCT {ident(spec.date.column)} FROM read_parquet(?) ORDER BY 1",
+                [str(staged)],
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -242,14 +264,18 @@ def table_exists(con, table: str) -> bool:
 def ensure_table(warehouse: DuckDBResource, table: str, frame: pd.DataFrame) -> None:
     """Create `schema.name` with the frame's columns if it does not exist yet.
 
-    The DuckDB IO manager writes nothing for an empty frame, not even the table: without this,
-    a first run that met only empty days leaves nothing for SQL or downstream inputs to read.
+    For tables written with SQL rather than through the IO manager (which creates a table even
+    from an empty frame): a first run that met only empty days still leaves a table to read.
     """
+    from mlops_assets.lib.sql import ident, qualified
+
     schema = table.rpartition(".")[0]
     with warehouse.get_connection() as con:
         con.register("empty_frame", frame)
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM empty_frame LIMIT 0")
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {qualified(table)} AS SELECT * FROM empty_frame LIMIT 0"
+        )
 
 
 def stored_daily_counts(
@@ -258,9 +284,12 @@ def stored_daily_counts(
     """Rows per day of `table` in [start, end) as stored; empty if the table does not exist yet."""
     import pandas as pd
 
+    from mlops_assets.lib.sql import ident, qualified
+
+    date = ident(date_column)
     query = (
-        f"SELECT CAST({date_column} AS DATE) AS day, count(*) AS n FROM {table} "
-        f"WHERE {date_column} >= ? AND {date_column} < ? GROUP BY 1"
+        f"SELECT CAST({date} AS DATE) AS day, count(*) AS n FROM {qualified(table)} "
+        f"WHERE {date} >= ? AND {date} < ? GROUP BY 1"
     )
     with warehouse.get_connection() as con:
         if not table_exists(con, table):

@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "datasets" / "flights.yaml"
 SPEC_ENV_VAR = "MLOPS_DATASET_SPEC"
 
+PARTITION_COLUMN = "partition_date"
+"""The partition a raw or quarantined row is stored in: its date, or for a row dated outside the
+declared range the nearest day of the range, so that the row is stored exactly once."""
+
 ColumnType = Literal["string", "int", "float", "timestamp"]
 SQL_TYPES: dict[str, str] = {
     "string": "VARCHAR",
@@ -116,9 +120,9 @@ class DatasetSpec(_Strict):
                 raise ValueError(
                     f"lookup {name!r}: join keys {missing} must be declared on both sides"
                 )
-        reserved = {self.date.column, self.target.name}
+        reserved = {self.date.column, self.target.name, PARTITION_COLUMN}
         if clash := reserved & (set(self.columns) | set(self.features)):
-            raise ValueError(f"{sorted(clash)} are reserved for the date and the target")
+            raise ValueError(f"{sorted(clash)} are reserved (date, target, partition column)")
         return self
 
     @property

@@ -16,9 +16,8 @@ import duckdb
 import pandas as pd
 
 from mlops_assets.lib.sources import to_pandas
-from mlops_assets.lib.spec import SQL_TYPES, ColumnSpec, DatasetSpec
+from mlops_assets.lib.spec import PARTITION_COLUMN, SQL_TYPES, ColumnSpec, DatasetSpec
 
-PARTITION_COLUMN = "partition_date"
 REASON_COLUMNS = ["failed_column", "failed_check", "failure_case"]
 
 
@@ -107,8 +106,9 @@ def validate_records(
 ) -> ValidationResult:
     """Split raw text records into typed valid rows and quarantined rows with their reasons.
 
-    Quarantined rows keep their raw text and gain `partition_date` (the row's date, or `start`
-    when the row is dated outside the window) so that re-running a partition replaces them too.
+    Quarantined rows keep their raw text and `partition_date` (the raw row's partition, else the
+    row's date, or `start` when dated outside the window) so that re-running a partition replaces
+    them too.
     """
     date = spec.date.column
     raw = raw.reset_index(drop=True)
@@ -151,10 +151,13 @@ def validate_records(
         .astype("string")
     )
     # Text as ingested, typed as text even when empty: the table's first write fixes its types.
-    text = [c for c in raw.columns if c != date]
+    text = [c for c in raw.columns if c not in (date, PARTITION_COLUMN)]
     quarantined = raw.loc[reasons.index].astype(dict.fromkeys(text, "string")).join(reasons)
-    in_window = quarantined[date].between(pd.Timestamp(start), pd.Timestamp(end), inclusive="left")
-    quarantined[PARTITION_COLUMN] = quarantined[date].where(in_window, pd.Timestamp(start))
+    if PARTITION_COLUMN not in raw.columns:
+        in_window = quarantined[date].between(
+            pd.Timestamp(start), pd.Timestamp(end), inclusive="left"
+        )
+        quarantined[PARTITION_COLUMN] = quarantined[date].where(in_window, pd.Timestamp(start))
     valid = typed.drop(index=reasons.index)
     return ValidationResult(
         valid=valid.reset_index(drop=True),
