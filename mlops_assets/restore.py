@@ -20,8 +20,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import duckdb
 
-    from mlops_assets.lib.storage import restore_day, versions
     from mlops_assets.lib.spec import load_spec
+    from mlops_assets.lib.storage import restore_day, versions
     from mlops_assets.resources import data_dir
 
     parser = argparse.ArgumentParser(prog="python -m mlops_assets.restore", description=__doc__)
