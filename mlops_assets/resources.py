@@ -127,6 +127,7 @@ class DuckDBFrameIOManager(DuckDBIOManager):
         return pd.DataFrame
 
     def create_io_manager(self, context) -> DbIOManager:
+        _sleep_while_waiting_for_a_pool()
         handler = _ReplacingPandasHandler(self.history_retention_days)
         return DbIOManager(
             db_client=_QuotingDuckDbClient(),
@@ -136,6 +137,32 @@ class DuckDBFrameIOManager(DuckDBIOManager):
             default_load_type=self.default_load_type(),
             io_manager_name="DuckDBIOManager",
         )
+
+
+def _sleep_while_waiting_for_a_pool() -> None:
+    """Make a step waiting for a `duckdb` pool slot sleep between claims instead of spinning.
+
+    In Dagster 1.13 `InstanceConcurrencyContext.interval_to_next_pending_claim_check` returns
+    `min(0, ...)`, never a positive time, so the executor polls the instance in a busy loop: a run
+    queued behind another took a whole core and starved the run it waited for. This returns the
+    time to the next scheduled claim instead (at most 15 s, Dagster's own back-off), and the
+    executor sleeps, interruptibly, until then. Applied when the run sets up its IO manager.
+    """
+    import time
+
+    from dagster._core.execution.plan.instance_concurrency_context import (
+        InstanceConcurrencyContext,
+    )
+
+    def interval_to_next_pending_claim_check(self) -> float:
+        if not self._pending_claims:
+            return 0.0
+        now = time.time()
+        return max(0.0, min((t - now for t in self._pending_timeouts.values()), default=0.0))
+
+    InstanceConcurrencyContext.interval_to_next_pending_claim_check = (
+        interval_to_next_pending_claim_check
+    )
 
 
 class _QuotingDuckDbClient(DuckDbClient):

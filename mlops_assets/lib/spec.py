@@ -148,7 +148,11 @@ class DatasetSpec(_Strict):
             found = importlib.util.find_spec(package)
             if found is None or not found.submodule_search_locations:
                 raise FileNotFoundError(f"package {package!r} (from {path}) is not installed")
-            return Path(found.submodule_search_locations[0]) / relative
+            root = Path(found.submodule_search_locations[0]).resolve()
+            resolved = (root / relative).resolve()
+            if not resolved.is_relative_to(root):
+                raise ValueError(f"{path}: the path leaves the package {package!r}")
+            return resolved
         resolved = Path(path).expanduser()
         return resolved if resolved.is_absolute() else self.base_dir / resolved
 

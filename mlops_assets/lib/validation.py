@@ -16,6 +16,7 @@ import duckdb
 import pandas as pd
 
 from mlops_assets.lib.sources import to_pandas
+from mlops_assets.lib.sql import ident
 from mlops_assets.lib.spec import PARTITION_COLUMN, SQL_TYPES, ColumnSpec, DatasetSpec
 
 REASON_COLUMNS = ["failed_column", "failed_check", "failure_case"]
@@ -37,18 +38,18 @@ def cast_columns(
     frame: pd.DataFrame, columns: dict[str, ColumnSpec], keep: list[str]
 ) -> pd.DataFrame:
     """`keep` columns as they are, plus every spec column cast to its type (NULL where it fails)."""
-    casts = [f'"{c}"' for c in keep] + [_cast(name, col) for name, col in columns.items()]
+    casts = [ident(c) for c in keep] + [_cast(name, col) for name, col in columns.items()]
     with duckdb.connect() as con:
         con.register("frame", frame)
         return to_pandas(con.sql(f"SELECT {', '.join(casts)} FROM frame"))
 
 
 def _cast(name: str, col: ColumnSpec) -> str:
-    cast = f'TRY_CAST("{name}" AS {SQL_TYPES[col.type]})'
+    cast = f"TRY_CAST({ident(name)} AS {SQL_TYPES[col.type]})"
     if col.type == "int":
         # DuckDB would round "5.5" to 6: an integer column accepts integer text only.
-        cast = f"""CASE WHEN regexp_full_match(trim("{name}"), '[+-]?[0-9]+') THEN {cast} END"""
-    return f'{cast} AS "{name}"'
+        cast = f"CASE WHEN regexp_full_match(trim({ident(name)}), '[+-]?[0-9]+') THEN {cast} END"
+    return f"{cast} AS {ident(name)}"
 
 
 def row_checks(name: str, col: ColumnSpec) -> list:
