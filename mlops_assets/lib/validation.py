@@ -16,8 +16,8 @@ import duckdb
 import pandas as pd
 
 from mlops_assets.lib.sources import to_pandas
-from mlops_assets.lib.sql import ident
 from mlops_assets.lib.spec import PARTITION_COLUMN, SQL_TYPES, ColumnSpec, DatasetSpec
+from mlops_assets.lib.sql import ident
 
 REASON_COLUMNS = ["failed_column", "failed_check", "failure_case"]
 

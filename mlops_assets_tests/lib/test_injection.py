@@ -18,11 +18,11 @@ from dagster._core.definitions.partitions.utils import TimeWindow
 from dagster._core.storage.db_io_manager import TablePartitionDimension, TableSlice
 
 from mlops_assets.lib.features import build_features
-from mlops_assets.lib.sources import read_dates, stage_csv
+from mlops_assets.lib.sources import read_all, read_dates, stage_csv
 from mlops_assets.lib.spec import DatasetSpec
 from mlops_assets.lib.sql import ident
 from mlops_assets.lib.storage import Slice, replace_slice, restore_day
-from mlops_assets.lib.validation import validate_records, validate_lookup
+from mlops_assets.lib.validation import validate_lookup, validate_records
 from mlops_assets.resources import _QuotingDuckDbClient
 
 
@@ -108,11 +108,10 @@ def test_hostile_names_are_data_never_sql(hostile, tmp_path):
     staged_lookup = stage_csv(
         lookup, tmp_path / "cache", required_columns=list(lookup_spec.columns), null_values=["NA"]
     )
-    from mlops_assets.lib.sources import read_all
-
     rows, dropped = validate_lookup(
         read_all(staged_lookup), lookup_spec.columns, lookup_spec.join_on
     )
+    assert dropped == 0
     features = build_features(result.valid, {next(iter(spec.lookups)): rows}, spec)
     assert features[next(iter(spec.features))].tolist()[:2] == [11.0, 22.0]
 
