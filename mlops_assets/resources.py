@@ -266,9 +266,12 @@ class _ReplacingPandasHandler(DbTypeHandler):
         }
 
     def load_input(self, context: dg.InputContext, table_slice, connection):
-        from dagster_duckdb_pandas import DuckDBPandasTypeHandler
+        import pandas as pd
 
-        return DuckDBPandasTypeHandler().load_input(context, table_slice, connection)
+        if table_slice.partition_dimensions and not context.asset_partition_keys:
+            return pd.DataFrame()
+        # The library's handler builds its SELECT with unquoted names; this one quotes them.
+        return connection.execute(_QuotingDuckDbClient.get_select_statement(table_slice)).fetchdf()
 
     @property
     def supported_types(self):
