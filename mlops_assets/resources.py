@@ -233,6 +233,20 @@ class _ReplacingPandasHandler(DbTypeHandler):
         from mlops_assets.lib.storage import replace_slice
 
         target = _slice_of(table_slice)
+        if len(obj.columns) == 0:
+            # "Nothing for this partition" from an asset that has no columns to give (a skipped
+            # day): the stored slice is emptied (and archived); no table is created for it.
+            import pandas as pd
+
+            stored = connection.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = ? AND table_name = ?",
+                [target.schema, target.name],
+            ).fetchall()
+            if not stored:
+                context.log.warning(f"{target.name}: no columns and no table yet; nothing written")
+                return {}
+            obj = pd.DataFrame({c: pd.Series(dtype=object) for (c,) in stored})
         connection.register("_new_rows", obj)
         try:
             result = replace_slice(
