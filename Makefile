@@ -4,6 +4,9 @@ export DAGSTER_HOME := $(CURDIR)
 export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
+# Before any Dagster command: create the instance's storage once (concurrent first runs would race)
+# and fail the runs whose process was killed, freeing their pool slots (see mlops_assets/instance.py).
+INSTANCE := $(RUN) python -m mlops_assets.instance
 
 .PHONY: setup run lifecycle data dev mlflow serve evidently test lint format bench clean
 
@@ -14,13 +17,16 @@ setup:  ## install uv if missing, then the locked environment into .venv
 run: setup lifecycle  ## set up, then run the whole lifecycle on the embedded dataset
 
 lifecycle:  ## data -> champion -> monitoring -> retraining -> challenger -> A/B -> promotion
+	$(INSTANCE)
 	$(RUN) python -m mlops_assets.lifecycle
 
 data:  ## ingest, validate and build features for every day of 2013, as one run
+	$(INSTANCE)
 	$(RUN) dagster asset materialize -m mlops_assets --select 'group:ingestion or group:validation or group:features' \
 		--partition-range 2013-01-01...2013-12-31
 
 dev:  ## the Dagster UI and daemon on http://127.0.0.1:3000
+	$(INSTANCE)
 	$(RUN) dagster dev -h 127.0.0.1 -p 3000
 
 mlflow:  ## the MLflow UI on http://127.0.0.1:5000 (runs, trials, artifacts, registry)

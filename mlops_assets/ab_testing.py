@@ -9,6 +9,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.lib.sql import ident
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
 from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking, ReportStore
 
@@ -164,12 +165,13 @@ def ab_results(
     champion, challenger = serving.champion, serving.challenger
     experiment = experiment_name(mlflow.model_name, champion.version, challenger.version)
     spec = dataset_spec
-    order = ", ".join([spec.date.column, *spec.key])
+    order = ", ".join(ident(c) for c in [spec.date.column, *spec.key])
     with warehouse.get_connection() as con:
         rows = to_pandas(
             con.sql(
-                f"SELECT * FROM {OUTCOMES_TABLE} WHERE experiment = '{experiment}' "
-                f"AND label IS NOT NULL ORDER BY {order}"
+                f"SELECT * FROM {OUTCOMES_TABLE} WHERE experiment = ? "
+                f"AND label IS NOT NULL ORDER BY {order}",
+                params=[experiment],
             )
         )
     if rows.empty:

@@ -1,22 +1,39 @@
 """Raw records: each day's rows from the source, exactly as ingested (text), in DuckDB."""
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
+from mlops_assets.lib.spec import PARTITION_COLUMN
 from mlops_assets.metadata import failed_days_markdown, table_metadata
 from mlops_assets.partitions import daily_partitions, dataset_spec, partition_window, single_run
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource, stored_daily_counts
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops_assets.lib.spec import DatasetSpec
 
 ROW_COUNT_CHECK = "check_row_count_against_trailing_days"
 DUPLICATE_KEY_CHECK = "check_no_duplicate_keys"
 
 
+class DeliveryConfig(dg.Config):
+    accept_refused_delivery: bool = Field(
+        default=False,
+        description="Store a delivery the gates refuse (e.g. a day that really had no records). "
+        "The reasons are still logged; the replaced rows stay in the history.",
+    )
+
+
 @dg.asset(
     partitions_def=daily_partitions,
     backfill_policy=single_run,
-    metadata={"partition_expr": dataset_spec.date.column},
+    metadata={"partition_expr": PARTITION_COLUMN},
     group_name="ingestion",
     kinds={"duckdb", "pandas"},
     pool=DUCKDB_POOL,
@@ -25,7 +42,7 @@ DUPLICATE_KEY_CHECK = "check_no_duplicate_keys"
             ROW_COUNT_CHECK,
             asset="raw_records",
             description="Every day has rows, and not fewer than min_row_ratio x the median of "
-            "the trailing days (an empty or collapsed day fails).",
+            "the trailing stored days. Judged before the write: a failing delivery is refused.",
         ),
         dg.AssetCheckSpec(
             DUPLICATE_KEY_CHECK,
@@ -35,34 +52,45 @@ DUPLICATE_KEY_CHECK = "check_no_duplicate_keys"
     ],
 )
 def raw_records(
-    context: dg.AssetExecutionContext, source: DatasetSource, warehouse: DuckDBResource
+    context: dg.AssetExecutionContext,
+    config: DeliveryConfig,
+    source: DatasetSource,
+    warehouse: DuckDBResource,
 ):
-    """The source rows of each day, every column as text exactly as ingested, plus the date."""
-    from mlops_assets.lib.quality import daily_row_counts, row_count_anomalies
+    """The source rows of each day, every column as text exactly as ingested, plus the date.
 
+    The delivery is judged before it replaces anything (see `judge_delivery`); a refused one
+    fails the run with the reasons and leaves every stored table as it was.
+    """
     spec = dataset_spec
     start, end = partition_window(context)
     frame = source.records(spec, start, end)
     context.log.info(f"{len(frame)} {spec.name} records dated {start} .. {end - dt.timedelta(1)}")
+    extra = source.extra_columns(spec)
+    if extra:
+        context.log.warning(f"source columns not in the specification, not read: {extra}")
+    verdict = judge_delivery(frame, spec, start, end, source, warehouse)
+    if verdict.problems:
+        message = "\n".join(f"- {p}" for p in verdict.problems)
+        if not config.accept_refused_delivery:
+            raise dg.Failure(
+                description=f"delivery refused, nothing stored was changed:\n{message}\n"
+                "(accept it anyway with the config accept_refused_delivery: true)",
+                metadata={"problems": len(verdict.problems), "source": spec.source.path},
+            )
+        context.log.warning(f"refused delivery accepted by configuration:\n{message}")
     yield dg.Output(
         frame,
-        metadata={**table_metadata(frame), "source": spec.source.path, "days": (end - start).days},
+        metadata={
+            **table_metadata(frame),
+            "source": spec.source.path,
+            "days": (end - start).days,
+            "extra_columns": ", ".join(extra) or "none",
+            "rows_dated_outside_range": verdict.outside_rows,
+        },
     )
 
-    quality = spec.quality
-    history = stored_daily_counts(
-        warehouse,
-        f"{spec.name}.raw_records",
-        spec.date.column,
-        start - dt.timedelta(days=quality.trailing_days),
-        start,
-    )
-    table = row_count_anomalies(
-        daily_row_counts(frame, spec.date.column, start, end),
-        history,
-        trailing_days=quality.trailing_days,
-        min_ratio=quality.min_row_ratio,
-    )
+    table = verdict.row_counts
     failed = table[table["failed"]]
     yield dg.AssetCheckResult(
         check_name=ROW_COUNT_CHECK,
@@ -71,7 +99,7 @@ def raw_records(
             "failed_days": len(failed),
             "min_rows_per_day": int(table["rows"].min()),
             "min_ratio_to_trailing_median": float(table["ratio"].min()),
-            "threshold": quality.min_row_ratio,
+            "threshold": spec.quality.min_row_ratio,
             "failures": failed_days_markdown(failed),
         },
     )
@@ -86,3 +114,73 @@ def raw_records(
             "key": ", ".join([spec.date.column, *spec.key]),
         },
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    problems: list[str]
+    row_counts: "pd.DataFrame"
+    outside_rows: int
+
+
+def judge_delivery(
+    frame: "pd.DataFrame",
+    spec: "DatasetSpec",
+    start: dt.date,
+    end: dt.date,
+    source: DatasetSource,
+    warehouse: DuckDBResource,
+) -> Verdict:
+    """What would make this delivery damage what is stored, decided before anything is written.
+
+    Refused: an empty day, or one below min_row_ratio x the median of the trailing stored days;
+    a column with more nulls on a day than its limit; more than max_quarantine_share of the
+    records failing their checks, counting the rows of the source dated outside the declared
+    range (they are quarantined in the nearest day's partition, never dropped).
+    """
+    import pandas as pd
+
+    from mlops_assets.lib.quality import (
+        daily_row_counts,
+        null_limits,
+        null_rate_problems,
+        row_count_anomalies,
+        row_count_problems,
+    )
+    from mlops_assets.lib.validation import validate_records
+
+    date, quality = spec.date.column, spec.quality
+    in_window = frame[frame[date].between(pd.Timestamp(start), pd.Timestamp(end), "left")]
+    history = stored_daily_counts(
+        warehouse,
+        f"{spec.name}.raw_records",
+        date,
+        start - dt.timedelta(days=quality.trailing_days),
+        start,
+    )
+    table = row_count_anomalies(
+        daily_row_counts(in_window, date, start, end),
+        history,
+        trailing_days=quality.trailing_days,
+        min_ratio=quality.min_row_ratio,
+    )
+    problems = row_count_problems(table)
+    problems += null_rate_problems(in_window, null_limits(spec), date)
+
+    outside, examples = source.outside_range(spec)
+    result = validate_records(frame, spec, start, end)
+    # Out-of-range rows this window holds are among the quarantined; the others count too.
+    elsewhere = outside - (len(frame) - len(in_window))
+    bad, total = len(result.quarantined) + elsewhere, len(frame) + elsewhere
+    share = bad / total if total else 0.0
+    if share > quality.max_quarantine_share:
+        reasons = result.quarantined["failed_check"].value_counts().head(3)
+        listed = [f"{check} ({n})" for check, n in reasons.items()]
+        if outside:
+            first, last = spec.date.start, spec.date.end
+            listed.append(f"dated outside {first}..{last} ({outside}, e.g. {examples})")
+        problems.append(
+            f"{share:.1%} of the records fail their checks (limit "
+            f"{quality.max_quarantine_share:.0%}): {'; '.join(listed)}"
+        )
+    return Verdict(problems, table, outside)

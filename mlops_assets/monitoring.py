@@ -20,6 +20,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
+from mlops_assets.lib.sql import ident
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
 from mlops_assets.resources import (
     DUCKDB_POOL,
@@ -202,11 +203,14 @@ def _read_reference(warehouse: DuckDBResource, config: DriftConfig):
     from mlops_assets.lib.modeling import SPLIT_COLUMN
 
     spec = dataset_spec
-    columns = ", ".join([_date, *spec.categorical_features, *spec.numeric_features])
+    columns = ", ".join(
+        ident(c) for c in [_date, *spec.categorical_features, *spec.numeric_features]
+    )
     if (config.reference_start is None) != (config.reference_end is None):
         raise dg.Failure("set both reference_start and reference_end, or neither")
     if config.reference_start is not None:
-        query = f"SELECT {columns} FROM {spec.name}.features WHERE {_date} >= ? AND {_date} < ?"
+        date = ident(_date)
+        query = f"SELECT {columns} FROM {spec.name}.features WHERE {date} >= ? AND {date} < ?"
         params = [config.reference_start, config.reference_end]
         where = f"{spec.name}.features in [{config.reference_start}, {config.reference_end})"
     else:
@@ -492,7 +496,7 @@ def _history(warehouse: DuckDBResource, table: str):
     with warehouse.get_connection() as con:
         if not table_exists(con, f"{schema}.{table}"):
             return pd.DataFrame()
-        return con.execute(f"SELECT * FROM {schema}.{table} ORDER BY {_date}").df()
+        return con.execute(f"SELECT * FROM {schema}.{table} ORDER BY {ident(_date)}").df()
 
 
 class SummaryConfig(dg.Config):

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster._core.storage.db_io_manager import DbTypeHandler
+from dagster._core.definitions.partitions.utils import TimeWindow
+from dagster._core.storage.db_io_manager import DbIOManager, DbTypeHandler
 from dagster_duckdb import DuckDBIOManager, DuckDBResource
+from dagster_duckdb.io_manager import DuckDbClient
 from pydantic import Field, PrivateAttr
 
 from mlops_assets.lib.spec import DatasetSpec
@@ -53,20 +55,42 @@ class DatasetSource(dg.ConfigurableResource):
         )
 
     def records(self, spec: DatasetSpec, start: dt.date, end: dt.date) -> pd.DataFrame:
-        """Source rows dated in [start, end), every column as text, plus the date column."""
+        """Source rows of the partitions [start, end): the declared columns as text, the date,
+        and `partition_date` (rows dated outside the declared range go to its nearest day)."""
         from mlops_assets.lib.sources import read_dates
 
         staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
-        return read_dates(staged, spec.date.column, start, end)
+        bounds = (spec.date.start, spec.date.end)
+        return read_dates(
+            staged, spec.date.column, start, end, columns=list(spec.columns), bounds=bounds
+        )
+
+    def extra_columns(self, spec: DatasetSpec) -> list[str]:
+        """Columns of the source file that the specification does not declare (not read)."""
+        from mlops_assets.lib.sources import staged_columns
+
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        known = {*spec.columns, spec.date.column}
+        return [c for c in staged_columns(staged) if c not in known]
+
+    def outside_range(self, spec: DatasetSpec) -> tuple[int, list[dt.date]]:
+        """Rows of the source dated outside the declared range, and a few of their dates."""
+        from mlops_assets.lib.sources import outside_range
+
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        return outside_range(staged, spec.date.column, spec.date.start, spec.date.end)
 
     def dates(self, spec: DatasetSpec) -> list[dt.date]:
         """The distinct dates the source holds (staging it first if its content changed)."""
         import duckdb
 
+        from mlops_assets.lib.sql import ident
+
         staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
         with duckdb.connect() as con:
             rows = con.execute(
-                f"SELECT DISTINCT {spec.date.column} FROM read_parquet(?) ORDER BY 1", [str(staged)]
+                f"SELECT DISTINCT {ident(spec.date.column)} FROM read_parquet(?) ORDER BY 1",
+                [str(staged)],
             ).fetchall()
         return [row[0] for row in rows]
 
@@ -79,23 +103,196 @@ class DatasetSource(dg.ConfigurableResource):
 
 
 class DuckDBFrameIOManager(DuckDBIOManager):
-    """DataFrames in DuckDB tables `<schema>.<asset>`: dagster-duckdb-pandas, imported lazily.
+    """DataFrames in DuckDB tables `<schema>.<asset>`, built on dagster-duckdb-pandas.
 
-    The same as `DuckDBPandasIOManager`, except that pandas is imported on first use rather than
-    when the code location loads (it would nearly double the load time).
+    Each write replaces its partition (or the whole table) in one transaction, inserting by
+    column name, and keeps the replaced rows in `<table>_history` for `history_retention_days`
+    (see `lib/storage.py`; `python -m mlops_assets.restore` puts a day back). pandas is imported
+    on first use rather than when the code location loads (it would nearly double the load time).
     """
+
+    history_retention_days: int = Field(
+        default=30,
+        ge=0,
+        description="Days the replaced content of a partition stays restorable (0: keep none).",
+    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
-        from dagster_duckdb_pandas import DuckDBPandasTypeHandler
-
-        return [DuckDBPandasTypeHandler()]
+        return [_ReplacingPandasHandler()]
 
     @staticmethod
     def default_load_type() -> type:
         import pandas as pd
 
         return pd.DataFrame
+
+    def create_io_manager(self, context) -> DbIOManager:
+        _sleep_while_waiting_for_a_pool()
+        handler = _ReplacingPandasHandler(self.history_retention_days)
+        return DbIOManager(
+            db_client=_QuotingDuckDbClient(),
+            database=self.database,
+            schema=self.schema_,
+            type_handlers=[handler],
+            default_load_type=self.default_load_type(),
+            io_manager_name="DuckDBIOManager",
+        )
+
+
+def _sleep_while_waiting_for_a_pool() -> None:
+    """Make a step waiting for a `duckdb` pool slot sleep between claims instead of spinning.
+
+    In Dagster 1.13 `InstanceConcurrencyContext.interval_to_next_pending_claim_check` returns
+    `min(0, ...)`, never a positive time, so the executor polls the instance in a busy loop: a run
+    queued behind another took a whole core and starved the run it waited for. This returns the
+    time to the next scheduled claim instead (at most 15 s, Dagster's own back-off), and the
+    executor sleeps, interruptibly, until then. Applied when the run sets up its IO manager.
+    """
+    import time
+
+    from dagster._core.execution.plan.instance_concurrency_context import (
+        InstanceConcurrencyContext,
+    )
+
+    def interval_to_next_pending_claim_check(self) -> float:
+        if not self._pending_claims:
+            return 0.0
+        now = time.time()
+        return max(0.0, min((t - now for t in self._pending_timeouts.values()), default=0.0))
+
+    InstanceConcurrencyContext.interval_to_next_pending_claim_check = (
+        interval_to_next_pending_claim_check
+    )
+
+
+class _QuotingDuckDbClient(DuckDbClient):
+    """The library's client, with quoted names, and no delete outside the write's transaction."""
+
+    @staticmethod
+    def delete_table_slice(context, table_slice, connection) -> None:
+        """Nothing here: the type handler deletes and inserts in one transaction."""
+
+    @staticmethod
+    def ensure_schema_exists(context, table_slice, connection) -> None:
+        from mlops_assets.lib.sql import ident
+
+        connection.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(table_slice.schema)}")
+
+    @staticmethod
+    def get_select_statement(table_slice) -> str:
+        from mlops_assets.lib.sql import ident, literal, table
+
+        columns = ", ".join(ident(c) for c in table_slice.columns or []) or "*"
+        query = f"SELECT {columns} FROM {table(table_slice.schema, table_slice.table)}"
+        conditions = []
+        for dimension in table_slice.partition_dimensions or []:
+            column = ident(dimension.partition_expr)
+            window = dimension.partitions
+            if isinstance(window, TimeWindow):
+                start, end = (literal(t.strftime("%Y-%m-%d %H:%M:%S")) for t in window)
+                conditions.append(f"{column} >= {start} AND {column} < {end}")
+            else:
+                values = ", ".join(literal(v) for v in window)
+                conditions.append(f"{column} IN ({values})")
+        return f"{query} WHERE {' AND '.join(conditions)}" if conditions else query
+
+
+def _slice_of(table_slice):
+    """The table slice as `lib.storage.Slice` (one time-window partition dimension at most)."""
+    from mlops_assets.lib.storage import Slice
+
+    dimensions = table_slice.partition_dimensions or []
+    if not dimensions:
+        return Slice(table_slice.schema, table_slice.table)
+    if len(dimensions) > 1 or not isinstance(dimensions[0].partitions, TimeWindow):
+        raise NotImplementedError("only one time-window partition dimension is supported")
+    start, end = dimensions[0].partitions
+    return Slice(
+        table_slice.schema,
+        table_slice.table,
+        dimensions[0].partition_expr,
+        start.replace(tzinfo=None),
+        end.replace(tzinfo=None),
+    )
+
+
+class _ReplacingPandasHandler(DbTypeHandler):
+    """dagster-duckdb-pandas' handler, writing through `lib.storage.replace_slice`.
+
+    The library's handler deletes the partition outside any transaction, inserts by position
+    (`SELECT *`) and skips the insert for an empty frame: a crash between the two, a column
+    order that changed, or an empty delivery lost stored rows.
+    """
+
+    def __init__(self, retention_days: int = 30):
+        self.retention_days = retention_days
+
+    def handle_output(self, context: dg.OutputContext, table_slice, obj, connection):
+        from dagster._core.definitions.metadata import TableMetadataSet
+
+        from mlops_assets.lib.storage import replace_slice
+
+        target = _slice_of(table_slice)
+        if len(obj.columns) == 0:
+            # "Nothing for this partition" from an asset that has no columns to give (a skipped
+            # day): the stored slice is emptied (and archived); no table is created for it.
+            import pandas as pd
+
+            stored = connection.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = ? AND table_name = ?",
+                [target.schema, target.name],
+            ).fetchall()
+            if not stored:
+                context.log.warning(f"{target.name}: no columns and no table yet; nothing written")
+                return {}
+            obj = pd.DataFrame({c: pd.Series(dtype=object) for (c,) in stored})
+        connection.register("_new_rows", obj)
+        try:
+            result = replace_slice(
+                connection,
+                target,
+                "_new_rows",
+                run_id=context.run_id,
+                retention_days=self.retention_days,
+            )
+        finally:
+            connection.unregister("_new_rows")
+        if result.added_columns:
+            context.log.warning(f"{target.name}: new column(s) {result.added_columns} added")
+        if result.missing_columns:
+            context.log.warning(
+                f"{target.name}: stored column(s) {result.missing_columns} are not in the new "
+                "rows; they stay, NULL in the new rows"
+            )
+        if obj.empty and result.deleted:
+            context.log.warning(f"{target.name}: {result.deleted} stored rows replaced by none")
+        counts = (
+            TableMetadataSet(partition_row_count=len(obj))
+            if context.has_partition_key
+            else TableMetadataSet(row_count=len(obj))
+        )
+        return {
+            **counts,
+            "rows_replaced": result.deleted,
+            "rows_archived": result.archived,
+            "added_columns": ", ".join(result.added_columns) or "none",
+        }
+
+    def load_input(self, context: dg.InputContext, table_slice, connection):
+        import pandas as pd
+
+        if table_slice.partition_dimensions and not context.asset_partition_keys:
+            return pd.DataFrame()
+        # The library's handler builds its SELECT with unquoted names; this one quotes them.
+        return connection.execute(_QuotingDuckDbClient.get_select_statement(table_slice)).fetchdf()
+
+    @property
+    def supported_types(self):
+        import pandas as pd
+
+        return [pd.DataFrame]
 
 
 def table_exists(con, table: str) -> bool:
@@ -112,14 +309,18 @@ def table_exists(con, table: str) -> bool:
 def ensure_table(warehouse: DuckDBResource, table: str, frame: pd.DataFrame) -> None:
     """Create `schema.name` with the frame's columns if it does not exist yet.
 
-    The DuckDB IO manager writes nothing for an empty frame, not even the table: without this,
-    a first run that met only empty days leaves nothing for SQL or downstream inputs to read.
+    For tables written with SQL rather than through the IO manager (which creates a table even
+    from an empty frame): a first run that met only empty days still leaves a table to read.
     """
+    from mlops_assets.lib.sql import ident, qualified
+
     schema = table.rpartition(".")[0]
     with warehouse.get_connection() as con:
         con.register("empty_frame", frame)
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM empty_frame LIMIT 0")
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {qualified(table)} AS SELECT * FROM empty_frame LIMIT 0"
+        )
 
 
 def stored_daily_counts(
@@ -128,9 +329,12 @@ def stored_daily_counts(
     """Rows per day of `table` in [start, end) as stored; empty if the table does not exist yet."""
     import pandas as pd
 
+    from mlops_assets.lib.sql import ident, qualified
+
+    date = ident(date_column)
     query = (
-        f"SELECT CAST({date_column} AS DATE) AS day, count(*) AS n FROM {table} "
-        f"WHERE {date_column} >= ? AND {date_column} < ? GROUP BY 1"
+        f"SELECT CAST({date} AS DATE) AS day, count(*) AS n FROM {qualified(table)} "
+        f"WHERE {date} >= ? AND {date} < ? GROUP BY 1"
     )
     with warehouse.get_connection() as con:
         if not table_exists(con, table):

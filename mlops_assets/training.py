@@ -9,6 +9,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.lib.sql import ident
 from mlops_assets.metadata import table_metadata
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking, table_exists
@@ -134,9 +135,9 @@ def training_set(
         # The date filter runs inside DuckDB: only the window's rows are read.
         frame = to_pandas(
             con.sql(
-                f"SELECT * FROM {spec.name}.features WHERE {date} >= DATE '{start}' "
-                f"AND {date} < DATE '{end + dt.timedelta(days=1)}' "
-                f"AND {spec.target.name} IS NOT NULL"
+                f"SELECT * FROM {spec.name}.features WHERE {ident(date)} >= ? "
+                f"AND {ident(date)} < ? AND {ident(spec.target.name)} IS NOT NULL",
+                params=[start, end + dt.timedelta(days=1)],
             )
         )
     days = frame[date].dt.normalize().nunique()

@@ -5,11 +5,10 @@ pandas there would double the time it takes to load the code location.
 """
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from mlops_assets.metadata import table_metadata
 from mlops_assets.partitions import daily_partitions, dataset_spec, partition_window, single_run
-from mlops_assets.resources import DUCKDB_POOL, ensure_table
+from mlops_assets.resources import DUCKDB_POOL
 
 QUARANTINE_SHARE_CHECK = "check_quarantine_share"
 NULL_RATE_CHECK = "check_null_rates"
@@ -38,9 +37,9 @@ SCHEMA_CHECK = "check_schema_and_dtypes"
         dg.AssetCheckSpec(
             QUARANTINE_SHARE_CHECK,
             asset="validated_records",
-            blocking=True,
             description="The share of quarantined records stays under the specification's "
-            "max_quarantine_share; above it, nothing downstream runs.",
+            "max_quarantine_share. Judged before the write (ingestion refuses such a delivery "
+            "first): above it the step fails and no table changes.",
         ),
         dg.AssetCheckSpec(
             NULL_RATE_CHECK,
@@ -54,7 +53,7 @@ SCHEMA_CHECK = "check_schema_and_dtypes"
         ),
     ],
 )
-def validate_records(context: dg.AssetExecutionContext, raw_records, warehouse: DuckDBResource):
+def validate_records(context: dg.AssetExecutionContext, raw_records):
     """Cast, check and deduplicate the raw records; failing rows go to quarantine with reasons."""
     from mlops_assets.lib import quality, validation
 
@@ -68,14 +67,19 @@ def validate_records(context: dg.AssetExecutionContext, raw_records, warehouse: 
         "quarantined_records": len(result.quarantined),
         "quarantine_share": result.quarantine_share,
     }
+    limit = spec.quality.max_quarantine_share
+    if result.quarantine_share > limit:
+        # Before any write, so validated and features never hold different versions of a day.
+        raise dg.Failure(
+            description=f"{result.quarantine_share:.1%} of the records fail their checks "
+            f"(limit {limit:.0%}); nothing stored was changed",
+            metadata=counts,
+        )
     yield dg.Output(
         result.valid,
         output_name="validated_records",
         metadata={**table_metadata(result.valid), **counts},
     )
-    if result.quarantined.empty:
-        # So that `SELECT ... FROM quarantined_records` works on clean data too.
-        ensure_table(warehouse, f"{spec.name}.quarantined_records", result.quarantined)
     reasons = result.quarantined["failed_check"].value_counts().head(20)
     yield dg.Output(
         result.quarantined,
@@ -87,7 +91,6 @@ def validate_records(context: dg.AssetExecutionContext, raw_records, warehouse: 
         },
     )
 
-    limit = spec.quality.max_quarantine_share
     yield dg.AssetCheckResult(
         check_name=QUARANTINE_SHARE_CHECK,
         passed=result.quarantine_share <= limit,

@@ -82,7 +82,7 @@ def test_one_day_reads_only_that_day(make_resources, sample_csv, instance):
     assert daily_counts(resources, "features")["01-14"] == ROWS_PER_DAY
 
 
-def test_bad_rows_are_quarantined_and_a_bad_day_blocks_features(
+def test_bad_rows_are_quarantined_with_their_reason(
     make_resources, flights_rows, tmp_path, instance
 ):
     good = make_resources(write_csv(tmp_path / "good.csv", flights_rows))
@@ -90,7 +90,27 @@ def test_bad_rows_are_quarantined_and_a_bad_day_blocks_features(
     assert daily_counts(good, "quarantined_records") == {}  # the table exists, empty
     rows = [dict(r) for r in flights_rows]
     jan_2 = [r for r in rows if (r["month"], r["day"]) == ("1", "2")]
-    for row in jan_2[:10]:
+    jan_2[0]["dep_delay"] = "n/a?"  # 1 of 30: under the 5% the delivery may quarantine
+    bad = make_resources(write_csv(tmp_path / "bad.csv", rows))
+    result = materialize(bad, instance, "2013-01-02")
+    assert check_results(result)["check_quarantine_share"] is True
+    for table in ("validated_records", "features"):
+        assert daily_counts(bad, table)["01-02"] == ROWS_PER_DAY - 1
+    with duckdb.connect(bad["warehouse"].database, read_only=True) as con:
+        held = con.execute(
+            "SELECT failed_column, failed_check, failure_case, dep_delay "
+            "FROM flights.quarantined_records"
+        ).fetchall()
+    assert held == [("dep_delay", "type(float)", "n/a?", "n/a?")]
+
+
+def test_a_delivery_with_too_many_bad_rows_is_refused_before_any_write(
+    make_resources, flights_rows, tmp_path, instance
+):
+    good = make_resources(write_csv(tmp_path / "good.csv", flights_rows))
+    assert materialize(good, instance, "2013-01-02").success
+    rows = [dict(r) for r in flights_rows]
+    for row in [r for r in rows if (r["month"], r["day"]) == ("1", "2")][:10]:
         row["dep_delay"] = "n/a?"
     bad = make_resources(write_csv(tmp_path / "bad.csv", rows))
     result = dg.materialize(
@@ -100,37 +120,37 @@ def test_bad_rows_are_quarantined_and_a_bad_day_blocks_features(
         instance=instance,
         raise_on_error=False,
     )
-    assert check_results(result)["check_quarantine_share"] is False
-    assert not result.asset_materializations_for_node("features")  # blocked downstream
-    assert daily_counts(bad, "features")["01-02"] == ROWS_PER_DAY  # what was stored stays
-    assert daily_counts(bad, "validated_records")["01-02"] == ROWS_PER_DAY - 10
-    with duckdb.connect(bad["warehouse"].database, read_only=True) as con:
-        held = con.execute(
-            "SELECT failed_column, failed_check, failure_case, dep_delay "
-            "FROM flights.quarantined_records"
-        ).fetchall()
-    assert held == [("dep_delay", "type(float)", "n/a?", "n/a?")] * 10
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "33.3% of the records fail their checks (limit 5%): type(float) (10)" in (
+        failure.step_failure_data.user_failure_data.description
+    )
+    for table in ("raw_records", "validated_records", "features"):
+        assert daily_counts(bad, table)["01-02"] == ROWS_PER_DAY  # what was stored stays
+    assert daily_counts(bad, "quarantined_records") == {}
 
 
-def test_an_empty_day_fails_the_row_count_check_without_crashing(
+def test_an_empty_day_refuses_the_delivery_and_names_the_day(
     make_resources, flights_rows, tmp_path, instance
 ):
     rows = [r for r in flights_rows if (r["month"], r["day"]) != ("1", "4")]
     resources = make_resources(write_csv(tmp_path / "gap.csv", rows))
-    result = materialize(resources, instance, "2013-01-01", "2013-01-05")
-    assert check_results(result)["check_row_count_against_trailing_days"] is False
-    assert "01-04" not in daily_counts(resources, "features")
-    (evaluation,) = [
-        e.asset_check_evaluation_data
-        for e in result.all_events
-        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
-        and e.asset_check_evaluation_data.check_name == "check_row_count_against_trailing_days"
-    ]
-    assert evaluation.metadata["failed_days"].value == 1
-    assert evaluation.metadata["min_rows_per_day"].value == 0
+    result = dg.materialize(
+        DATA_ASSETS,
+        tags=range_tags("2013-01-01", "2013-01-05"),
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert "- 2013-01-04: 0 rows against a trailing median of 30" in description
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM information_schema.tables").fetchall() == [(0,)]
 
 
-def test_a_collapsed_day_fails_against_the_trailing_days(
+def test_a_collapsed_day_is_refused_against_the_trailing_days(
     make_resources, flights_rows, tmp_path, instance
 ):
     first = make_resources(write_csv(tmp_path / "full.csv", flights_rows))
@@ -138,8 +158,18 @@ def test_a_collapsed_day_fails_against_the_trailing_days(
     jan_8 = [r for r in flights_rows if (r["month"], r["day"]) == ("1", "8")]
     thin = [r for r in flights_rows if r not in jan_8[5:]]
     resources = make_resources(write_csv(tmp_path / "thin.csv", thin))
-    result = materialize(resources, instance, "2013-01-08")
-    assert check_results(result)["check_row_count_against_trailing_days"] is False
+    result = dg.materialize(
+        DATA_ASSETS,
+        partition_key="2013-01-08",
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert "2013-01-08: 5 rows against a trailing median of 30" in description
+    assert "01-08" not in daily_counts(resources, "raw_records")
 
 
 CONCURRENT_RUN = textwrap.dedent(

@@ -16,7 +16,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlops_assets"
 SHARED = {"resources", "partitions", "metadata", "lib"}
-ASSEMBLY = {"definitions", "lifecycle", "__init__"}
+# The one Definitions, and the commands that run beside it (instance preparation, restore).
+ASSEMBLY = {"definitions", "lifecycle", "instance", "restore", "__init__"}
 
 
 def _stage_files() -> dict[str, list[Path]]:

@@ -7,6 +7,7 @@ import pandas as pd
 
 from mlops_assets.lib.sources import to_pandas
 from mlops_assets.lib.spec import DatasetSpec
+from mlops_assets.lib.sql import ident
 
 
 def feature_columns(spec: DatasetSpec) -> list[str]:
@@ -23,18 +24,19 @@ def build_features(
     keeps its row; a record without a lookup match gets nulls in that lookup's features.
     """
     date = spec.date.column
-    selected = [f'r."{date}"', *(f'r."{k}"' for k in spec.key)]
+    selected = [f"r.{ident(date)}", *(f"r.{ident(k)}" for k in spec.key)]
     for name, feature in spec.features.items():
         if name in spec.key:
             continue
         sql_type = "VARCHAR" if feature.kind == "categorical" else "DOUBLE"
-        selected.append(f'CAST(({feature.expression}) AS {sql_type}) AS "{name}"')
-    selected.append(f'CAST(({spec.target.expression}) AS BIGINT) AS "{spec.target.name}"')
+        # Expressions are SQL from the specification: they run as code (see README).
+        selected.append(f"CAST(({feature.expression}) AS {sql_type}) AS {ident(name)}")
+    selected.append(f"CAST(({spec.target.expression}) AS BIGINT) AS {ident(spec.target.name)}")
     joins = "".join(
-        f" LEFT JOIN {name} USING ({', '.join(lookup.join_on)})"
+        f" LEFT JOIN {ident(name)} USING ({', '.join(ident(k) for k in lookup.join_on)})"
         for name, lookup in spec.lookups.items()
     )
-    order = ", ".join(f'r."{c}"' for c in [date, *spec.key])
+    order = ", ".join(f"r.{ident(c)}" for c in [date, *spec.key])
     query = f"SELECT {', '.join(selected)} FROM records AS r{joins} ORDER BY {order}"
     with duckdb.connect() as con:
         con.register("records", records)

@@ -6,6 +6,8 @@ import datetime as dt
 
 import pandas as pd
 
+from mlops_assets.lib.spec import DatasetSpec
+
 
 def daily_row_counts(
     frame: pd.DataFrame, date_column: str, start: dt.date, end: dt.date
@@ -32,6 +34,42 @@ def row_count_anomalies(
     table["ratio"] = table["rows"] / table["trailing_median"]
     table["failed"] = (table["rows"] == 0) | (table["ratio"] < min_ratio)
     return table
+
+
+def row_count_problems(table: pd.DataFrame) -> list[str]:
+    """The failed days of a `row_count_anomalies` table, as sentences."""
+    return [
+        f"{day:%Y-%m-%d}: {row.rows} rows against a trailing median of {row.trailing_median:g}"
+        if pd.notna(row.trailing_median)
+        else f"{day:%Y-%m-%d}: no rows"
+        for day, row in table[table["failed"]].iterrows()
+    ]
+
+
+def null_limits(spec: DatasetSpec) -> dict[str, float]:
+    """Each declared column's limit on its daily share of nulls: its own, or the default."""
+    return {
+        name: column.max_null_rate
+        if column.max_null_rate is not None
+        else spec.quality.max_null_rate
+        for name, column in spec.columns.items()
+    }
+
+
+def null_rate_problems(
+    frame: pd.DataFrame, limits: dict[str, float], date_column: str
+) -> list[str]:
+    """Each (column, day) whose share of nulls exceeds the column's limit, as a sentence."""
+    if frame.empty:
+        return []
+    days = pd.to_datetime(frame[date_column]).dt.normalize()
+    rates = frame[list(limits)].isna().groupby(days).mean()
+    return [
+        f"{column}: {rate:.0%} null on {day:%Y-%m-%d} (limit {limit:.0%})"
+        for column, limit in limits.items()
+        for day, rate in rates[column].items()
+        if rate > limit
+    ]
 
 
 def null_rates(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:

@@ -22,6 +22,9 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from mlops_assets.lib.spec import PARTITION_COLUMN
+from mlops_assets.lib.sql import ident, literal
+
 
 class SourceError(ValueError):
     """The source file cannot be used; the message names the file and the problem."""
@@ -90,18 +93,20 @@ def stage_csv(
         if date_column:
             if date_column in present:
                 raise SourceError(f"{path}: column {date_column!r} clashes with the date column")
-            select = f"SELECT *, TRY(({date_expression})::DATE) AS {date_column} FROM source"
+            # The expression is SQL from the specification: it runs as code (see README).
+            select = f"SELECT *, TRY(({date_expression})::DATE) AS {ident(date_column)} FROM source"
         try:
             con.execute(f"CREATE TEMP TABLE staged AS {select}")
         except duckdb.Error as error:
             raise SourceError(f"{path}: cannot be read ({error})") from None
         if date_column:
             _check_dates(con, path, date_column, date_expression)
-            order = f" ORDER BY {date_column}"
+            order = f" ORDER BY {ident(date_column)}"
         else:
             order = ""
         partial = Path(scratch) / staged.name
-        con.execute(f"COPY (SELECT * FROM staged{order}) TO '{partial}' (FORMAT parquet)")
+        # COPY takes no parameters: the path is an escaped literal.
+        con.execute(f"COPY (SELECT * FROM staged{order}) TO {literal(partial)} (FORMAT parquet)")
         con.close()
         # A rename is atomic: a concurrent or interrupted stage never leaves half a file behind.
         os.replace(partial, staged)
@@ -111,12 +116,11 @@ def stage_csv(
 def _check_dates(
     con: duckdb.DuckDBPyConnection, path: Path, date_column: str, expression: str | None
 ) -> None:
-    bad = con.execute(f"SELECT count(*) FROM staged WHERE {date_column} IS NULL").fetchall()[0][0]
+    column = ident(date_column)
+    bad = con.execute(f"SELECT count(*) FROM staged WHERE {column} IS NULL").fetchall()[0][0]
     if bad:
         examples = (
-            con.execute(
-                f"SELECT * EXCLUDE ({date_column}) FROM staged WHERE {date_column} IS NULL LIMIT 3"
-            )
+            con.execute(f"SELECT * EXCLUDE ({column}) FROM staged WHERE {column} IS NULL LIMIT 3")
             .df()
             .to_dict("records")
         )
@@ -134,16 +138,56 @@ def to_pandas(relation: duckdb.DuckDBPyRelation) -> pd.DataFrame:
     return relation.to_arrow_table().to_pandas(types_mapper=mapping.get, date_as_object=False)
 
 
-def read_dates(staged: Path, date_column: str, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """The staged rows with `start <= date < end`; the filter is pushed into the Parquet scan."""
+def read_dates(
+    staged: Path,
+    date_column: str,
+    start: dt.date,
+    end: dt.date,
+    *,
+    columns: list[str] | None = None,
+    bounds: tuple[dt.date, dt.date] | None = None,
+) -> pd.DataFrame:
+    """The staged rows with `start <= date < end`; the filter is pushed into the Parquet scan.
+
+    `columns`: only these (and the date); the staged file may hold more. `bounds`: the declared
+    [first, last] days; the rows gain PARTITION_COLUMN and are selected by it, so a window
+    holding `first` or `last` also gets the rows dated before or after the declared range.
+    """
+    date = ident(date_column)
+    selected = ", ".join([*(ident(c) for c in columns), date]) if columns else "*"
+    if bounds is None:
+        query = f"SELECT {selected} FROM read_parquet(?) WHERE {date} >= ? AND {date} < ?"
+        params = [str(staged), start, end]
+    else:
+        partition = f"least(greatest({date}, ?::DATE), ?::DATE)"
+        query = (
+            f"SELECT * FROM (SELECT {selected}, {partition} AS {PARTITION_COLUMN} "
+            f"FROM read_parquet(?)) WHERE {PARTITION_COLUMN} >= ? AND {PARTITION_COLUMN} < ?"
+        )
+        params = [*bounds, str(staged), start, end]
+    with duckdb.connect() as con:
+        return to_pandas(con.sql(query, params=params))
+
+
+def staged_columns(staged: Path) -> list[str]:
+    with duckdb.connect() as con:
+        return list(con.sql("SELECT * FROM read_parquet(?) LIMIT 0", params=[str(staged)]).columns)
+
+
+def outside_range(
+    staged: Path, date_column: str, first: dt.date, last: dt.date
+) -> tuple[int, list[dt.date]]:
+    """How many staged rows are dated outside [first, last], and a few of their dates."""
+    date = ident(date_column)
     query = (
-        f"SELECT * FROM read_parquet('{staged}') "
-        f"WHERE {date_column} >= DATE '{start}' AND {date_column} < DATE '{end}'"
+        f"SELECT count(*), list(DISTINCT {date} ORDER BY {date})[:3] FROM read_parquet(?) "
+        f"WHERE {date} < ? OR {date} > ?"
     )
     with duckdb.connect() as con:
-        return to_pandas(con.sql(query))
+        count, examples = con.execute(query, [str(staged), first, last]).fetchall()[0]
+    return int(count), list(examples or [])
 
 
 def read_all(staged: Path) -> pd.DataFrame:
     with duckdb.connect() as con:
-        return to_pandas(con.sql(f"SELECT * FROM read_parquet('{staged}')"))
+        return to_pandas(con.sql("SELECT * FROM read_parquet(?)", params=[str(staged)]))

@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "datasets" / "flights.yaml"
 SPEC_ENV_VAR = "MLOPS_DATASET_SPEC"
 
+PARTITION_COLUMN = "partition_date"
+"""The partition a raw or quarantined row is stored in: its date, or for a row dated outside the
+declared range the nearest day of the range, so that the row is stored exactly once."""
+
 ColumnType = Literal["string", "int", "float", "timestamp"]
 SQL_TYPES: dict[str, str] = {
     "string": "VARCHAR",
@@ -167,9 +171,9 @@ class DatasetSpec(_Strict):
                 raise ValueError(
                     f"lookup {name!r}: join keys {missing} must be declared on both sides"
                 )
-        reserved = {self.date.column, self.target.name}
+        reserved = {self.date.column, self.target.name, PARTITION_COLUMN}
         if clash := reserved & (set(self.columns) | set(self.features)):
-            raise ValueError(f"{sorted(clash)} are reserved for the date and the target")
+            raise ValueError(f"{sorted(clash)} are reserved (date, target, partition column)")
         # DuckDB names are case-insensitive: two stored columns that differ only by case would
         # be renamed silently (`airline` beside `AIRLINE` becomes `airline_1`).
         for what, names in (
@@ -214,7 +218,11 @@ class DatasetSpec(_Strict):
             found = importlib.util.find_spec(package)
             if found is None or not found.submodule_search_locations:
                 raise FileNotFoundError(f"package {package!r} (from {path}) is not installed")
-            return Path(found.submodule_search_locations[0]) / relative
+            root = Path(found.submodule_search_locations[0]).resolve()
+            resolved = (root / relative).resolve()
+            if not resolved.is_relative_to(root):
+                raise ValueError(f"{path}: the path leaves the package {package!r}")
+            return resolved
         resolved = Path(path).expanduser()
         return resolved if resolved.is_absolute() else self.base_dir / resolved
 

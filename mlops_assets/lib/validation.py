@@ -16,9 +16,9 @@ import duckdb
 import pandas as pd
 
 from mlops_assets.lib.sources import to_pandas
-from mlops_assets.lib.spec import SQL_TYPES, ColumnSpec, DatasetSpec
+from mlops_assets.lib.spec import PARTITION_COLUMN, SQL_TYPES, ColumnSpec, DatasetSpec
+from mlops_assets.lib.sql import ident
 
-PARTITION_COLUMN = "partition_date"
 REASON_COLUMNS = ["failed_column", "failed_check", "failure_case"]
 
 
@@ -38,18 +38,18 @@ def cast_columns(
     frame: pd.DataFrame, columns: dict[str, ColumnSpec], keep: list[str]
 ) -> pd.DataFrame:
     """`keep` columns as they are, plus every spec column cast to its type (NULL where it fails)."""
-    casts = [f'"{c}"' for c in keep] + [_cast(name, col) for name, col in columns.items()]
+    casts = [ident(c) for c in keep] + [_cast(name, col) for name, col in columns.items()]
     with duckdb.connect() as con:
         con.register("frame", frame)
         return to_pandas(con.sql(f"SELECT {', '.join(casts)} FROM frame"))
 
 
 def _cast(name: str, col: ColumnSpec) -> str:
-    cast = f'TRY_CAST("{name}" AS {SQL_TYPES[col.type]})'
+    cast = f"TRY_CAST({ident(name)} AS {SQL_TYPES[col.type]})"
     if col.type == "int":
         # DuckDB would round "5.5" to 6: an integer column accepts integer text only.
-        cast = f"""CASE WHEN regexp_full_match(trim("{name}"), '[+-]?[0-9]+') THEN {cast} END"""
-    return f'{cast} AS "{name}"'
+        cast = f"CASE WHEN regexp_full_match(trim({ident(name)}), '[+-]?[0-9]+') THEN {cast} END"
+    return f"{cast} AS {ident(name)}"
 
 
 def row_checks(name: str, col: ColumnSpec) -> list:
@@ -107,8 +107,9 @@ def validate_records(
 ) -> ValidationResult:
     """Split raw text records into typed valid rows and quarantined rows with their reasons.
 
-    Quarantined rows keep their raw text and gain `partition_date` (the row's date, or `start`
-    when the row is dated outside the window) so that re-running a partition replaces them too.
+    Quarantined rows keep their raw text and `partition_date` (the raw row's partition, else the
+    row's date, or `start` when dated outside the window) so that re-running a partition replaces
+    them too.
     """
     date = spec.date.column
     raw = raw.reset_index(drop=True)
@@ -151,10 +152,13 @@ def validate_records(
         .astype("string")
     )
     # Text as ingested, typed as text even when empty: the table's first write fixes its types.
-    text = [c for c in raw.columns if c != date]
+    text = [c for c in raw.columns if c not in (date, PARTITION_COLUMN)]
     quarantined = raw.loc[reasons.index].astype(dict.fromkeys(text, "string")).join(reasons)
-    in_window = quarantined[date].between(pd.Timestamp(start), pd.Timestamp(end), inclusive="left")
-    quarantined[PARTITION_COLUMN] = quarantined[date].where(in_window, pd.Timestamp(start))
+    if PARTITION_COLUMN not in raw.columns:
+        in_window = quarantined[date].between(
+            pd.Timestamp(start), pd.Timestamp(end), inclusive="left"
+        )
+        quarantined[PARTITION_COLUMN] = quarantined[date].where(in_window, pd.Timestamp(start))
     valid = typed.drop(index=reasons.index)
     return ValidationResult(
         valid=valid.reset_index(drop=True),
