@@ -30,9 +30,9 @@ same data sizes, in the same order of stages:
    the rule's 90-day window if it fired (A/B from the next day), else a random-forest challenger
    on the default window (A/B over all monitored days). Evaluation against the champion.
 5. A/B: both models score the A/B days (predictions rewritten), arms by `assign_arms` (0.45 /
-   0.45 / 0.10), outcomes table, `lib.ab_testing.decide` with the ab_results defaults (mde 0.02,
-   alpha 0.05, power 0.8, discordant 0.10, guardrails 0.01 / 0.03 / 0.05, 1000 resamples) and
-   the champion's test accuracy as baseline; the report; promotion if it says so.
+   0.45 / 0.10), outcomes table, the design from the champion's 28 days before the start
+   (`lib.ab_testing.design.design_experiment` with the ab_results defaults), `decide`, the
+   report; promotion if it says so.
 
 What it leaves out, because it is the orchestration and tracking overhead being measured: the
 Dagster import and instance, run/event storage and per-partition metadata, the IO manager's
@@ -78,7 +78,6 @@ import sklearn.ensemble  # noqa: E402, F401
 from mlflow.models import infer_signature  # noqa: E402
 
 from mlops_assets.lib import (  # noqa: E402
-    ab_testing,
     drift,
     evaluation,
     features,
@@ -89,6 +88,11 @@ from mlops_assets.lib import (  # noqa: E402
     sources,
     validation,
 )
+from mlops_assets.lib.ab_testing import report as ab_report  # noqa: E402
+from mlops_assets.lib.ab_testing.assignment import assign_arms  # noqa: E402
+from mlops_assets.lib.ab_testing.decision import decide  # noqa: E402
+from mlops_assets.lib.ab_testing.design import design_experiment  # noqa: E402
+from mlops_assets.lib.ab_testing.inference import Records  # noqa: E402
 from mlops_assets.lib.automation import DayResult, RetrainingRule, replay_rule  # noqa: E402
 from mlops_assets.lib.spec import load_spec  # noqa: E402
 
@@ -102,6 +106,8 @@ IDS = [DATE, *KEY]
 MODEL_NAME = f"{SPEC.name}_model"
 EXPERIMENT = "mlops_assets"
 PROBABILITY = "probability"
+# The threshold every version is evaluated and tagged at (EvaluationConfig.threshold's default).
+EVALUATION_THRESHOLD = 0.5
 CURSOR_DAYS_KEPT = 180  # mlops_assets.automation: the sensor cursor keeps the latest 180 days
 STAGES: list[tuple[str, float]] = []
 
@@ -339,7 +345,8 @@ def train(
         )
         version = str(logged.registered_model_version)
         client = tracking.client
-        for key, value in {**lineage, "estimator": estimator}.items():
+        tags = {**lineage, "estimator": estimator, "threshold": str(EVALUATION_THRESHOLD)}
+        for key, value in tags.items():
             client.set_model_version_tag(MODEL_NAME, version, key, value)
         client.set_registered_model_alias(MODEL_NAME, registry.CHALLENGER, version)
 
@@ -379,6 +386,7 @@ def train(
         "run_id": run_id,
         "pipeline": pipeline,
         "metrics": metrics,
+        "threshold": EVALUATION_THRESHOLD,
         "gates": gates,
         "train": train_part,
     }
@@ -422,6 +430,7 @@ def monitor(
         id_columns=IDS,
         feature_columns=FEATURES,
         model_name=MODEL_NAME,
+        thresholds={champion["version"]: champion["threshold"]},
     )
     wh.write("predictions", predictions)
 
@@ -591,7 +600,12 @@ def ab_test(
         (registry.CHALLENGER, (challenger["version"], challenger["pipeline"])),
     ]
     predictions = monitoring.predict_long(
-        current, models, id_columns=IDS, feature_columns=FEATURES, model_name=MODEL_NAME
+        current,
+        models,
+        id_columns=IDS,
+        feature_columns=FEATURES,
+        model_name=MODEL_NAME,
+        thresholds={m["version"]: m["threshold"] for m in (champion, challenger)},
     )
     wh.write("predictions", predictions)
     n = len(current)
@@ -604,47 +618,39 @@ def ab_test(
             challenger_version=challenger["version"],
             score_control=predictions[PROBABILITY].to_numpy()[:n],
             score_treatment=predictions[PROBABILITY].to_numpy()[n:],
+            threshold_control=champion["threshold"],
+            threshold_treatment=challenger["threshold"],
             label=current[LABEL].to_numpy(),
             experiment=experiment,
         )
     )
     shares = {"control": 0.45, "treatment": 0.45, "excluded": 0.10}
-    outcomes["arm"] = ab_testing.assign_arms(outcomes[IDS], experiment, shares)
+    outcomes["arm"] = assign_arms(outcomes[IDS], experiment, shares)
     wh.write("ab_outcomes", outcomes)
     return outcomes, experiment
 
 
-def ab_decide(outcomes, experiment, champion, challenger, *, wh, tracking, reports):
-    rows = outcomes[outcomes["label"].notna()].sort_values(IDS, kind="stable")
-    design = ab_testing.ExperimentDesign(
-        baseline_accuracy=champion["metrics"]["accuracy"],
-        mde=0.02,
-        alpha=0.05,
-        power=0.80,
-        discordant_rate=0.10,
-        brier_tolerance=0.01,
-        ece_tolerance=0.03,
-        positive_rate_tolerance=0.05,
-        n_resamples=1000,
+def ab_decide(outcomes, experiment, champion, challenger, feats, start, *, wh, tracking, reports):
+    # The design from the champion's labelled days before the start, as ab_results builds it.
+    before = between(feats, start - dt.timedelta(days=28), start - dt.timedelta(days=1))
+    before = before[before[LABEL].notna()]
+    score = champion["pipeline"].predict_proba(before[FEATURES])[:, 1]
+    baseline = Records(
+        before[DATE].to_numpy().astype("datetime64[D]"),
+        assign_arms(before[IDS], experiment).to_numpy(),
+        before[LABEL].to_numpy(dtype="int64"),
+        score,
+        score,
+        champion["threshold"],
+        champion["threshold"],
     )
-    y = rows["label"].to_numpy(dtype=int)
-    arm = rows["arm"].to_numpy()
-    control, treatment = arm == "control", arm == "treatment"
-    score_c, score_t = rows["score_control"].to_numpy(), rows["score_treatment"].to_numpy()
-    decision = ab_testing.decide(
-        design,
-        control=ab_testing.ArmScores(y[control], score_c[control]),
-        treatment=ab_testing.ArmScores(y[treatment], score_t[treatment]),
-        paired=ab_testing.PairedScores(y, score_c, score_t),
-    )
+    design = design_experiment(experiment, start, baseline, champion["metrics"]["log_loss"])
+    wh.write("ab_designs", pd.DataFrame([design.as_row()]))
+    decision = decide(design, Records.from_frame(outcomes, DATE))
     report = reports / "ab" / f"{experiment}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
-    days = rows[DATE].dt.date
-    report.write_text(
-        f"# A/B test {experiment}\n\n{days.nunique()} labelled days, "
-        f"{days.min()}..{days.max()}.\n\n{decision.to_markdown()}\n"
-    )
-    decision.to_metadata()
+    report.write_text(f"# A/B test {experiment}\n\n{ab_report.to_markdown(decision)}\n")
+    evidence = ab_report.to_metadata(decision)
     champion_version = champion["version"]
     if decision.decision == "promote":
         promote(
@@ -652,8 +658,8 @@ def ab_decide(outcomes, experiment, champion, challenger, *, wh, tracking, repor
             wh,
             challenger["version"],
             champion_version,
-            f"A/B test {experiment}",
-            decision.to_metadata(),
+            f"A/B test {experiment}: {decision.status}",
+            evidence,
         )
         champion_version = challenger["version"]
     return decision, champion_version
@@ -744,7 +750,15 @@ def main() -> None:
         )
     with Stage("ab_test", "A/B test and promotion decision"):
         decision, champion_version = ab_decide(
-            outcomes, experiment, champion, challenger, wh=wh, tracking=tracking, reports=reports
+            outcomes,
+            experiment,
+            champion,
+            challenger,
+            feats,
+            ab_start,
+            wh=wh,
+            tracking=tracking,
+            reports=reports,
         )
     wh.con.close()
 
@@ -755,7 +769,7 @@ def main() -> None:
         "first model, test accuracy": round(champion["metrics"]["accuracy"], 4),
         "retraining rule (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": experiment,
-        "A/B decision": f"{decision.decision} (deciding test: {decision.deciding_test})",
+        "A/B decision": f"{decision.decision}: {decision.status}",
         "elapsed": f"{time.perf_counter() - BEGAN:.0f} s",
     }
     for key, value in summary.items():

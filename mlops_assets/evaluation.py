@@ -108,6 +108,8 @@ def evaluation(
     beats_baseline = lift >= config.min_lift_over_baseline
     gap = improvement(gate, metrics[gate], champion_metrics[gate]) if champion_metrics else 0.0
     not_worse = gap >= -config.champion_tolerance
+    # The operating point the version was evaluated at travels with it (monitoring and A/B read it).
+    client.set_model_version_tag(model.name, model.version, "threshold", str(config.threshold))
     client.set_model_version_tag(
         model.name,
         model.version,

@@ -78,6 +78,21 @@ def _serving_models(mlflow: MlflowTracking) -> list[tuple[str, str]]:
     return models
 
 
+def _thresholds(mlflow: MlflowTracking, versions: list[str]) -> dict[str, float]:
+    """Each version's operating point, the model version tag `threshold` (required)."""
+    client = mlflow.client()
+    tags = {
+        v: client.get_model_version(mlflow.model_name, v).tags.get("threshold") for v in versions
+    }
+    missing = sorted(v for v, t in tags.items() if t is None)
+    if missing:
+        raise dg.Failure(
+            f"{mlflow.model_name} version(s) {missing} have no `threshold` tag: a model version "
+            "must carry its classification threshold before it scores"
+        )
+    return {v: float(t) for v, t in tags.items()}
+
+
 def _champion_rows(predictions):
     from mlops_assets.lib.registry import CHAMPION
 
@@ -116,12 +131,14 @@ def predictions(
 
     spec = dataset_spec
     models = _serving_models(mlflow)
+    thresholds = _thresholds(mlflow, [v for _, v in models])
     frame = predict_long(
         features,
         [(a, (v, _pipeline(mlflow.tracking_uri, mlflow.model_name, v))) for a, v in models],
         id_columns=[_date, *spec.key],
         feature_columns=[*spec.categorical_features, *spec.numeric_features],
         model_name=mlflow.model_name,
+        thresholds=thresholds,
     )
     if frame.empty:
         ensure_table(warehouse, f"{dataset_spec.name}.predictions", frame)

@@ -26,6 +26,7 @@ from mlops_assets.resources import EvidentlyWorkspace, MlflowTracking, ReportSto
 from mlops_assets_tests.conftest import ROWS_PER_DAY, make_resources_at, range_tags, write_csv
 
 MODEL = "flights_model"
+THRESHOLD = 0.35  # the test versions' registered threshold (not 0.5: proves it is read)
 DAILY = [monitoring.predictions, monitoring.drift_report, monitoring.performance]
 SCORED = [monitoring.predictions, monitoring.performance]
 DRIFT = [monitoring.predictions, monitoring.drift_report]
@@ -82,6 +83,8 @@ def world(tmp_path_factory, flights_rows):
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.create_model_version(MODEL, logged.model_uri, run.info.run_id)
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    for version in ("1", "2"):  # each version's own operating point
+        client.set_model_version_tag(MODEL, version, "threshold", str(THRESHOLD))
     return {"root": root, "uri": uri, "reference": reference}
 
 
@@ -193,6 +196,9 @@ def test_predictions_carry_the_model_version_and_a_rerun_replaces_a_day(env):
     day_count = "SELECT count(*) FROM flights.predictions WHERE flight_date = '2013-01-09'"
     assert sql(env, day_count) == [(2 * ROWS_PER_DAY,)]
     assert sql(env, "SELECT count(*) FROM flights.predictions") == [(180,)]
+    # Each row at its version's registered threshold, which the class follows.
+    at_threshold = "SELECT DISTINCT threshold, prediction = (probability >= threshold)::INT"
+    assert sql(env, f"{at_threshold} FROM flights.predictions") == [(THRESHOLD, True)]
     meta = result.asset_materializations_for_node("predictions")[0].metadata
     assert meta["champion_version"].value == "1" and meta["challenger_version"].value == "2"
 

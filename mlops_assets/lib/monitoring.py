@@ -16,7 +16,14 @@ import pandas as pd
 
 # A record is predicted positive when its probability is >= this (as lib.evaluation scores it).
 DECISION_THRESHOLD = 0.5
-PREDICTION_COLUMNS = ("model_name", "model_version", "model_alias", "prediction", "probability")
+PREDICTION_COLUMNS = (
+    "model_name",
+    "model_version",
+    "model_alias",
+    "prediction",
+    "probability",
+    "threshold",
+)
 # Performance metrics checked against the champion's test metrics; Brier is lower-is-better.
 LOWER_IS_BETTER = frozenset({"brier", "log_loss"})
 
@@ -28,15 +35,25 @@ def predict_long(
     id_columns: Sequence[str],
     feature_columns: Sequence[str],
     model_name: str,
-    threshold: float = DECISION_THRESHOLD,
+    thresholds: Mapping[str, float],
 ) -> pd.DataFrame:
-    """One row per record per model: ids, model name/version/alias, predicted class, probability.
+    """One row per record per model: ids, model name/version/alias, predicted class, probability
+    and the model's threshold (its operating point: prediction = probability >= threshold).
 
     `models` holds (alias, (version, pipeline)) pairs; each pipeline's `predict_proba` takes the
-    feature columns. An empty `frame` gives an empty frame with the same columns.
+    feature columns. `thresholds` maps each version to its threshold (the registry's model
+    version tag `threshold`); a version without one is an error. An empty `frame` gives an empty
+    frame with the same columns.
     """
+    missing = [str(v) for _, (v, _) in models if str(v) not in thresholds]
+    if missing:
+        raise ValueError(
+            f"model version(s) {missing} of {model_name!r} have no threshold: tag each "
+            "registered version with its `threshold`"
+        )
     parts = []
     for alias, (version, pipeline) in models:
+        threshold = float(thresholds[str(version)])
         ids = frame[list(id_columns)].reset_index(drop=True)
         if len(frame):
             proba = pipeline.predict_proba(frame[list(feature_columns)])[:, 1]
@@ -49,6 +66,7 @@ def predict_long(
                 model_alias=alias,
                 prediction=(proba >= threshold).astype(np.int64),
                 probability=proba.astype(float),
+                threshold=threshold,
             )
         )
     return pd.concat(parts, ignore_index=True)

@@ -47,15 +47,20 @@ def test_predict_long_has_one_row_per_record_per_model():
         ("champion", ("3", FixedScores([0.2, 0.5, 0.9]))),
         ("challenger", ("4", FixedScores([0.6] * 3))),
     ]
-    out = predict_long(frame, models, id_columns=["id"], feature_columns=["x"], model_name="m")
+    kw = {"id_columns": ["id"], "feature_columns": ["x"], "model_name": "m"}
+    thresholds = {"3": 0.5, "4": 0.7}  # each version at its own operating point
+    out = predict_long(frame, models, **kw, thresholds=thresholds)
     assert len(out) == 6
     champion = out[out["model_alias"] == "champion"]
     assert champion["prediction"].tolist() == [0, 1, 1]  # >= 0.5 is positive
+    challenger = out[out["model_alias"] == "challenger"]
+    assert challenger["prediction"].tolist() == [0, 0, 0]  # 0.6 < its own 0.7
+    assert challenger["threshold"].tolist() == [0.7] * 3
     assert set(out["model_version"]) == {"3", "4"} and set(out["model_name"]) == {"m"}
-    empty = predict_long(
-        frame.iloc[:0], models, id_columns=["id"], feature_columns=["x"], model_name="m"
-    )
+    empty = predict_long(frame.iloc[:0], models, **kw, thresholds=thresholds)
     assert empty.empty and list(empty.columns) == list(out.columns)
+    with pytest.raises(ValueError, match=r"\['4'\] .* no threshold"):
+        predict_long(frame, models, **kw, thresholds={"3": 0.5})
 
 
 def test_constant_within_batches_finds_calendar_like_columns():
