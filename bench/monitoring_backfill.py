@@ -20,7 +20,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from mlops_assets import monitoring
 from mlops_assets.partitions import dataset_spec as spec
@@ -29,6 +28,7 @@ from mlops_assets.resources import (
     EvidentlyWorkspace,
     MlflowTracking,
     ReportStore,
+    Warehouse,
 )
 
 SOURCE = Path("data/warehouse.duckdb")
@@ -88,7 +88,7 @@ def setup(root: Path) -> dict:
     client.set_model_version_tag(MODEL, "1", registry.THRESHOLD_TAG, str(threshold))
     return {
         "io_manager": DuckDBFrameIOManager(database=str(database), schema=spec.name),
-        "warehouse": DuckDBResource(database=str(database)),
+        "warehouse": Warehouse(database=str(database)),
         "mlflow": MlflowTracking(
             tracking_uri=uri,
             artifact_location=str(root / "artifacts"),

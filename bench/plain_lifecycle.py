@@ -30,9 +30,9 @@ same data sizes, in the same order of stages:
    the rule's 90-day window if it fired (A/B from the next day), else a random-forest challenger
    on the default window (A/B over all monitored days). Evaluation against the champion.
 5. A/B: both models score the A/B days (predictions rewritten), arms by `assign_arms` (0.45 /
-   0.45 / 0.10), outcomes table, `lib.ab_testing.decide` with the ab_results defaults (mde 0.02,
-   alpha 0.05, power 0.8, discordant 0.10, guardrails 0.01 / 0.03 / 0.05, 1000 resamples) and
-   the champion's test accuracy as baseline; the report; promotion if it says so.
+   0.45 / 0.10), outcomes table, the design from the champion's 28 days before the start
+   (`lib.ab_testing.design.design_experiment` with the ab_results defaults), `decide`, the
+   report; promotion if it says so.
 
 What it leaves out, because it is the orchestration and tracking overhead being measured: the
 Dagster import and instance, run/event storage and per-partition metadata, the IO manager's
@@ -78,7 +78,6 @@ import sklearn.ensemble  # noqa: E402, F401
 from mlflow.models import infer_signature  # noqa: E402
 
 from mlops_assets.lib import (  # noqa: E402
-    ab_testing,
     drift,
     evaluation,
     features,
@@ -89,7 +88,13 @@ from mlops_assets.lib import (  # noqa: E402
     sources,
     validation,
 )
+from mlops_assets.lib.ab_testing import report as ab_report  # noqa: E402
+from mlops_assets.lib.ab_testing.assignment import assign_arms  # noqa: E402
+from mlops_assets.lib.ab_testing.decision import decide  # noqa: E402
+from mlops_assets.lib.ab_testing.design import design_experiment  # noqa: E402
+from mlops_assets.lib.ab_testing.inference import Records  # noqa: E402
 from mlops_assets.lib.automation import DayResult, RetrainingRule, replay_rule  # noqa: E402
+from mlops_assets.lib.decision import calibrate, choose_threshold  # noqa: E402
 from mlops_assets.lib.spec import load_spec  # noqa: E402
 
 assert "dagster" not in sys.modules, "the baseline must not import Dagster"
@@ -295,10 +300,15 @@ def train(
         )
         mlflow.log_params({"estimator": estimator, "search": "random", **search.best_params})
         mlflow.log_metric("cv_roc_auc", search.best_score)
+        # The operating point as the model asset chooses it: calibrated on the validation days,
+        # threshold by the spec's policy.
         X_val, y_val = modeling.features_and_label(validation_part, CATEGORICAL, NUMERIC, LABEL)
-        validation_metrics = evaluation.classification_metrics(
-            y_val, pipeline.predict_proba(X_val)[:, 1]
-        )
+        calibration = calibrate(pipeline, X_val, y_val, validation_part[DATE])
+        pipeline = calibration.model
+        proba_val = pipeline.predict_proba(X_val)[:, 1]
+        threshold = choose_threshold(y_val, proba_val, SPEC.operating_point)
+        validation_metrics = evaluation.classification_metrics(y_val, proba_val, threshold)
+        mlflow.log_params({"threshold": threshold, "calibration": calibration.method})
         mlflow.log_metrics({f"validation_{k}": float(v) for k, v in validation_metrics.items()})
         X_train, _ = modeling.features_and_label(train_part, CATEGORICAL, NUMERIC, LABEL)
         example = X_train.head(5)
@@ -313,24 +323,29 @@ def train(
         )
         version = str(logged.registered_model_version)
         client = tracking.client
-        for key, value in {**lineage, "estimator": estimator}.items():
+        tags = {**lineage, "estimator": estimator, registry.THRESHOLD_TAG: str(threshold)}
+        for key, value in tags.items():
             client.set_model_version_tag(MODEL_NAME, version, key, value)
         client.set_registered_model_alias(MODEL_NAME, registry.CHALLENGER, version)
 
         # evaluation
         X_test, y_test = modeling.features_and_label(test_part, CATEGORICAL, NUMERIC, LABEL)
         proba = pipeline.predict_proba(X_test)[:, 1]
-        metrics = evaluation.classification_metrics(y_test, proba, 0.5)
+        metrics = evaluation.classification_metrics(y_test, proba, threshold)
         # The training prior as a constant score (the baseline of the platform it reproduces).
         prior = evaluation.classification_metrics(
-            y_test, [train_part[LABEL].mean()] * len(y_test), 0.5
+            y_test, [train_part[LABEL].mean()] * len(y_test), threshold
         )
         champion_proba = champion_metrics = None
         if champion is not None:
             champion_proba = champion["pipeline"].predict_proba(X_test)[:, 1]
-            champion_metrics = evaluation.classification_metrics(y_test, champion_proba, 0.5)
+            champion_metrics = evaluation.classification_metrics(
+                y_test, champion_proba, champion["threshold"]
+            )
         directory = reports / "evaluation" / f"{MODEL_NAME}-v{version}"
-        evaluation.save_evaluation_plots(y_test, proba, directory, 0.5, baseline=champion_proba)
+        evaluation.save_evaluation_plots(
+            y_test, proba, directory, threshold, baseline=champion_proba
+        )
         summary = {"metrics": metrics, "baseline": prior, "champion": champion_metrics}
         (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
@@ -356,6 +371,7 @@ def train(
         "run_id": run_id,
         "pipeline": pipeline,
         "metrics": metrics,
+        "threshold": threshold,
         "gates": gates,
         "train": train_part,
     }
@@ -394,7 +410,7 @@ def monitor(
     current_features = between(feats, start, end)
     predictions = monitoring.predict_long(
         current_features,
-        [(registry.CHAMPION, (champion["version"], 0.5, champion["pipeline"]))],
+        [(registry.CHAMPION, (champion["version"], champion["threshold"], champion["pipeline"]))],
         id_columns=IDS,
         feature_columns=FEATURES,
         model_name=MODEL_NAME,
@@ -544,8 +560,8 @@ def ab_test(
 ):
     current = between(feats, start, end)
     models = [
-        (registry.CHAMPION, (champion["version"], 0.5, champion["pipeline"])),
-        (registry.CHALLENGER, (challenger["version"], 0.5, challenger["pipeline"])),
+        (alias, (model["version"], model["threshold"], model["pipeline"]))
+        for alias, model in ((registry.CHAMPION, champion), (registry.CHALLENGER, challenger))
     ]
     predictions = monitoring.predict_long(
         current, models, id_columns=IDS, feature_columns=FEATURES, model_name=MODEL_NAME
@@ -561,56 +577,47 @@ def ab_test(
             challenger_version=challenger["version"],
             score_control=predictions[PROBABILITY].to_numpy()[:n],
             score_treatment=predictions[PROBABILITY].to_numpy()[n:],
+            threshold_control=champion["threshold"],
+            threshold_treatment=challenger["threshold"],
             label=current[LABEL].to_numpy(),
             experiment=experiment,
         )
     )
     shares = {"control": 0.45, "treatment": 0.45, "excluded": 0.10}
-    outcomes["arm"] = ab_testing.assign_arms(outcomes[IDS], experiment, shares)
+    outcomes["arm"] = assign_arms(outcomes[IDS], experiment, shares)
     wh.write("ab_outcomes", outcomes)
     return outcomes, experiment
 
 
-def ab_decide(outcomes, experiment, champion, challenger, *, wh, tracking, reports):
-    rows = outcomes[outcomes["label"].notna()].sort_values(IDS, kind="stable")
-    design = ab_testing.ExperimentDesign(
-        baseline_accuracy=champion["metrics"]["accuracy"],
-        threshold=0.5,
-        mde=0.02,
-        alpha=0.05,
-        power=0.80,
-        discordant_rate=0.10,
-        brier_tolerance=0.01,
-        ece_tolerance=0.03,
-        positive_rate_tolerance=0.05,
-        n_resamples=1000,
+def ab_decide(outcomes, experiment, champion, challenger, feats, start, *, wh, tracking, reports):
+    # The design from the champion's labelled days before the start, as ab_results builds it.
+    before = between(feats, start - dt.timedelta(days=28), start - dt.timedelta(days=1))
+    before = before[before[LABEL].notna()]
+    score = champion["pipeline"].predict_proba(before[FEATURES])[:, 1]
+    baseline = Records(
+        before[DATE].to_numpy().astype("datetime64[D]"),
+        assign_arms(before[IDS], experiment).to_numpy(),
+        before[LABEL].to_numpy(dtype="int64"),
+        score,
+        score,
+        champion["threshold"],
+        champion["threshold"],
     )
-    y = rows["label"].to_numpy(dtype=int)
-    arm = rows["arm"].to_numpy()
-    control, treatment = arm == "control", arm == "treatment"
-    score_c, score_t = rows["score_control"].to_numpy(), rows["score_treatment"].to_numpy()
-    decision = ab_testing.decide(
-        design,
-        control=ab_testing.ArmScores(y[control], score_c[control]),
-        treatment=ab_testing.ArmScores(y[treatment], score_t[treatment]),
-        paired=ab_testing.PairedScores(y, score_c, score_t),
-    )
+    design = design_experiment(experiment, start, baseline, champion["metrics"]["log_loss"])
+    wh.write("ab_designs", pd.DataFrame([design.as_row()]))
+    decision = decide(design, Records.from_frame(outcomes, DATE))
     report = reports / "ab" / f"{experiment}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
-    days = rows[DATE].dt.date
-    report.write_text(
-        f"# A/B test {experiment}\n\n{days.nunique()} labelled days, "
-        f"{days.min()}..{days.max()}.\n\n{decision.to_markdown()}\n"
-    )
-    decision.to_metadata()
+    report.write_text(f"# A/B test {experiment}\n\n{ab_report.to_markdown(decision)}\n")
+    evidence = ab_report.to_metadata(decision)
     champion_version = champion["version"]
     if decision.decision == "promote":
         promote(
             tracking,
             wh,
             challenger["version"],
-            f"A/B test {experiment}",
-            decision.to_metadata(),
+            f"A/B test {experiment}: {decision.status}",
+            evidence,
         )
         champion_version = challenger["version"]
     return decision, champion_version
@@ -701,7 +708,15 @@ def main() -> None:
         )
     with Stage("ab_test", "A/B test and promotion decision"):
         decision, champion_version = ab_decide(
-            outcomes, experiment, champion, challenger, wh=wh, tracking=tracking, reports=reports
+            outcomes,
+            experiment,
+            champion,
+            challenger,
+            feats,
+            ab_start,
+            wh=wh,
+            tracking=tracking,
+            reports=reports,
         )
     wh.con.close()
 
@@ -712,7 +727,7 @@ def main() -> None:
         "first model, test accuracy": round(champion["metrics"]["accuracy"], 4),
         "retraining rule (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": experiment,
-        "A/B decision": f"{decision.decision} (deciding test: {decision.deciding_test})",
+        "A/B decision": f"{decision.decision}: {decision.status}",
         "elapsed": f"{time.perf_counter() - BEGAN:.0f} s",
     }
     for key, value in summary.items():

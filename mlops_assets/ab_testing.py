@@ -1,8 +1,11 @@
 """A/B test of the challenger (treatment) against the champion (control) on unseen days.
 
 Every record is routed to control, treatment or excluded by a hash of its key, salted by the
-experiment (the pair of versions). Both models score every record (see `predictions`), so beside
-the split comparison there is a paired one on the same records, which needs far fewer days.
+experiment (the pair of versions). Both models score every record (see `predictions`), so each
+day gives a paired difference; the day is the unit of inference (lib.ab_testing). The design is
+fixed from data before the first day and stored in DuckDB (`ab_designs`) the first time the
+experiment is analysed; later analyses read it back, so a config change cannot move a running
+experiment's goalposts.
 """
 
 import dagster as dg
@@ -11,10 +14,17 @@ from pydantic import Field
 
 from mlops_assets.lib.sql import ident
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
-from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking, ReportStore
+from mlops_assets.resources import (
+    DUCKDB_POOL,
+    OBJECT_IO_MANAGER,
+    MlflowTracking,
+    ReportStore,
+    table_exists,
+)
 
 GROUP = "ab_testing"
 OUTCOMES_TABLE = f"{dataset_spec.name}.ab_outcomes"
+DESIGNS_TABLE = f"{dataset_spec.name}.ab_designs"
 
 
 class AssignmentConfig(dg.Config):
@@ -32,18 +42,33 @@ class AssignmentConfig(dg.Config):
 
 
 class ABTestConfig(dg.Config):
-    mde: float = Field(default=0.02, description="Absolute accuracy gain worth detecting.")
-    alpha: float = Field(default=0.05, description="Significance level of the tests.")
+    """The design of a NEW experiment (an experiment already analysed keeps its stored design)."""
+
+    alpha: float = Field(default=0.05, description="False-positive rate over all daily looks.")
     power: float = Field(default=0.80, description="Power at the minimum detectable effect.")
-    discordant_rate: float = Field(
-        default=0.10, description="Assumed share of records where exactly one model is right."
+    min_runtime_weeks: int = Field(
+        default=2, description="No decision before this many whole weeks (every weekday seen)."
     )
-    brier_tolerance: float = Field(default=0.01, description="Guardrail: Brier score increase.")
-    ece_tolerance: float = Field(default=0.03, description="Guardrail: calibration error increase.")
+    max_runtime_weeks: int = Field(
+        default=8, description="Stop undecided after this many weeks; the champion stays."
+    )
+    min_improvement: float = Field(
+        default=0.01,
+        description="Promote only if the challenger's log loss is confidently lower by this "
+        "share of the champion's (seed-to-seed refits differ by 0.3-0.5%).",
+    )
     positive_rate_tolerance: float = Field(
-        default=0.05, description="Guardrail: change of the predicted positive rate."
+        default=0.25,
+        description="Guardrail: the challenger's predicted/actual positive rate may be at most "
+        "this much (relative) further from 1 than the champion's.",
     )
-    n_resamples: int = Field(default=1000, description="Bootstrap resamples for AUC / log loss.")
+    calibration_tolerance: float = Field(
+        default=0.02, description="Guardrail: calibration error may rise by at most this."
+    )
+    baseline_window_days: int = Field(
+        default=28, description="Champion days before the start that set the MDE and margin."
+    )
+    n_resamples: int = Field(default=2000, description="Day-level bootstrap resamples.")
 
 
 def experiment_name(model_name: str, champion: str, challenger: str) -> str:
@@ -65,13 +90,16 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
     """
     import pandas as pd
 
-    from mlops_assets.lib.ab_testing import assign_arms
+    from mlops_assets.lib.ab_testing.assignment import assign_arms
     from mlops_assets.lib.clock import labels_usable, today
 
     spec = dataset_spec
     date, ids = spec.date.column, [spec.date.column, *spec.key]
     wide = predictions.pivot_table(
-        index=ids, columns="model_alias", values=["probability", "model_version"], aggfunc="first"
+        index=ids,
+        columns="model_alias",
+        values=["probability", "model_version", "threshold"],
+        aggfunc="first",
     )
     if "challenger" not in wide.columns.get_level_values(1):
         context.log.info("no challenger scored these days: nothing to compare")
@@ -85,6 +113,9 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
                 "challenger_version": wide[("model_version", "challenger")],
                 "score_control": wide[("probability", "champion")].astype(float),
                 "score_treatment": wide[("probability", "challenger")].astype(float),
+                # Each model's own operating point, for the guardrails.
+                "threshold_control": wide[("threshold", "champion")].astype(float),
+                "threshold_treatment": wide[("threshold", "challenger")].astype(float),
             }
         )
         .dropna(subset=["challenger_version"])
@@ -118,23 +149,102 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
     )
 
 
-def _design(config: ABTestConfig, baseline_accuracy: float, champion, challenger):
-    from mlops_assets.lib.ab_testing import ExperimentDesign
+def _stored_design(warehouse: DuckDBResource, experiment: str):
+    from mlops_assets.lib.ab_testing.design import ExperimentDesign
+    from mlops_assets.lib.sources import to_pandas
 
-    # Each model decides at its own version's threshold.
-    return ExperimentDesign(
-        baseline_accuracy=baseline_accuracy,
-        threshold=champion.decision_threshold,
-        treatment_threshold=challenger.decision_threshold,
-        mde=config.mde,
-        alpha=config.alpha,
-        power=config.power,
-        discordant_rate=config.discordant_rate,
-        brier_tolerance=config.brier_tolerance,
-        ece_tolerance=config.ece_tolerance,
-        positive_rate_tolerance=config.positive_rate_tolerance,
-        n_resamples=config.n_resamples,
-    )
+    with warehouse.get_connection() as con:
+        if not table_exists(con, DESIGNS_TABLE):
+            return None
+        rows = to_pandas(
+            con.sql(f"SELECT * FROM {DESIGNS_TABLE} WHERE experiment = ?", params=[experiment])
+        )
+    return ExperimentDesign.from_row(rows.iloc[0].to_dict()) if len(rows) else None
+
+
+def _new_design(config: ABTestConfig, warehouse, experiment, first_day, champion, reference):
+    """The design from the champion's labelled records of the days before `first_day`."""
+    import datetime as dt
+
+    from mlops_assets.lib.ab_testing.assignment import assign_arms
+    from mlops_assets.lib.ab_testing.design import ExperimentDesign, design_experiment
+    from mlops_assets.lib.ab_testing.inference import Records
+    from mlops_assets.lib.registry import CHAMPION
+    from mlops_assets.lib.sources import to_pandas
+
+    spec = dataset_spec
+    date, ids = spec.date.column, [spec.date.column, *spec.key]
+    label = ident(spec.target.name)
+    since = first_day - dt.timedelta(days=config.baseline_window_days)
+    with warehouse.get_connection() as con:
+        rows = to_pandas(
+            con.sql(
+                f"SELECT {', '.join(f'p.{ident(c)}' for c in ids)}, p.probability, p.threshold, "
+                f"f.{label} AS label FROM {spec.name}.predictions p "
+                f"JOIN {spec.name}.features f USING ({', '.join(ident(c) for c in ids)}) "
+                f"WHERE p.model_alias = ? AND p.model_version = ? "
+                f"AND p.{ident(date)} >= ? AND p.{ident(date)} < ? AND f.{label} IS NOT NULL",
+                params=[CHAMPION, champion, since, first_day],
+            )
+        )
+    settings = {
+        k: getattr(config, k)
+        for k in ExperimentDesign.__dataclass_fields__
+        if k in ABTestConfig.model_fields
+    }
+    baseline = None
+    if len(rows):
+        arms = assign_arms(rows[ids], experiment).to_numpy()
+        score = rows["probability"].to_numpy(dtype=float)
+        threshold = float(rows["threshold"].iloc[0])
+        baseline = Records(
+            rows[date].to_numpy().astype("datetime64[D]"),
+            arms,
+            rows["label"].to_numpy(dtype="int64"),
+            score,
+            score,
+            threshold,
+            threshold,
+        )
+    return design_experiment(experiment, first_day, baseline, reference, **settings)
+
+
+def _store_design(warehouse: DuckDBResource, design) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame([design.as_row()])
+    with warehouse.get_connection() as con:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {dataset_spec.name}")
+        con.register("design_row", frame)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {DESIGNS_TABLE} AS FROM design_row LIMIT 0")
+        con.execute(f"INSERT INTO {DESIGNS_TABLE} BY NAME FROM design_row")
+
+
+def _log_to_mlflow(mlflow: MlflowTracking, context, decision) -> str:
+    """The experiment's MLflow run: the design as params, the sequence as metrics by day."""
+    import time
+
+    import mlflow as mlflow_api
+    from mlflow.entities import Metric
+
+    from mlops_assets.lib.ab_testing.report import design_row
+
+    with mlflow.run(context, tags={"ab_experiment": decision.design.experiment}) as run:
+        mlflow_api.log_params({f"ab_design_{k}": v for k, v in design_row(decision).items()})
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, value, now, look.days)
+            for look in decision.looks
+            for name, value in (
+                ("ab_log_loss_diff", look.mean),
+                ("ab_sequence_low", look.low),
+                ("ab_sequence_high", look.high),
+            )
+            if value == value and abs(value) != float("inf")
+        ]
+        mlflow.client().log_batch(run.info.run_id, metrics=metrics)
+        mlflow_api.set_tags({"ab_decision": decision.decision, "ab_status": decision.status})
+        return run.info.run_id
 
 
 @dg.asset(
@@ -150,12 +260,16 @@ def ab_results(
     warehouse: DuckDBResource,
     reports: ReportStore,
 ):
-    """The current experiment over all its labelled days: tests, intervals, guardrails, decision.
+    """The current experiment over its labelled days: the daily looks, guardrails, decision.
 
-    The fixed-horizon stopping rule is enforced: before the sample size the design requires,
-    the decision is "inconclusive" whatever the p-value, so peeking cannot promote.
+    Looks are always valid (a confidence sequence over days), decisions start after the minimum
+    runtime, and stop at the deciding day or the maximum runtime (lib.ab_testing.decision).
     """
-    from mlops_assets.lib import ab_testing
+    import math
+
+    from mlops_assets.lib.ab_testing import report
+    from mlops_assets.lib.ab_testing.decision import decide
+    from mlops_assets.lib.ab_testing.inference import Records
     from mlops_assets.lib.sources import to_pandas
 
     client = mlflow.client()
@@ -176,49 +290,48 @@ def ab_results(
         )
     if rows.empty:
         raise dg.Failure(f"{experiment}: no labelled outcomes yet; materialize ab_outcomes first")
-    baseline = client.get_run(champion.run_id).data.metrics.get("test_accuracy")
-    if baseline is None:
-        raise dg.Failure(f"champion v{champion.version} has no test_accuracy: evaluate it first")
+    design = _stored_design(warehouse, experiment)
+    if design is None:
+        reference = client.get_run(champion.run_id).data.metrics.get("test_log_loss", math.nan)
+        first_day = rows[spec.date.column].min().date()
+        try:
+            design = _new_design(
+                config, warehouse, experiment, first_day, champion.version, reference
+            )
+        except ValueError as error:
+            raise dg.Failure(f"{experiment}: invalid A/B design ({error})") from None
+        _store_design(warehouse, design)
+        context.log.info(f"{experiment}: design fixed and stored in {DESIGNS_TABLE}")
     try:
-        design = _design(config, baseline, champion, challenger)
+        decision = decide(design, Records.from_frame(rows, spec.date.column))
     except ValueError as error:
-        raise dg.Failure(f"{experiment}: invalid A/B design ({error})") from None
-    y = rows["label"].to_numpy(dtype=int)
-    arm = rows["arm"].to_numpy()
-    control, treatment = arm == "control", arm == "treatment"
-    decision = ab_testing.decide(
-        design,
-        control=ab_testing.ArmScores(y[control], rows["score_control"].to_numpy()[control]),
-        treatment=ab_testing.ArmScores(y[treatment], rows["score_treatment"].to_numpy()[treatment]),
-        paired=ab_testing.PairedScores(
-            y, rows["score_control"].to_numpy(), rows["score_treatment"].to_numpy()
-        ),
-    )
-    days = rows[spec.date.column].dt.date
-    report = reports.path("ab", f"{experiment}.md")
-    report.write_text(
+        raise dg.Failure(f"{experiment}: {error}") from None
+    markdown = report.to_markdown(decision)
+    path = reports.path("ab", f"{experiment}.md")
+    path.write_text(
         f"# A/B test {experiment}\n\nChampion (control) v{champion.version}, challenger "
-        f"(treatment) v{challenger.version}; {days.nunique()} labelled days, "
-        f"{days.min()}..{days.max()}.\n\n{decision.to_markdown()}\n"
+        f"(treatment) v{challenger.version}.\n\n{markdown}\n"
     )
-    context.log.info(f"{experiment}: {decision.decision} ({'; '.join(decision.reasons)})")
-    metadata = decision.to_metadata()
+    context.log.info(f"{experiment}: {decision.decision} ({decision.status})")
+    metadata = report.to_metadata(decision)
+    run_id = _log_to_mlflow(mlflow, context, decision)
+    result = report.ABResult(
+        experiment=experiment,
+        champion_version=champion.version,
+        challenger_version=challenger.version,
+        decision=decision.decision,
+        status=decision.status,
+        decided_on=decision.decided_on,
+        evidence=metadata,
+    )
     return dg.Output(
-        {
-            "experiment": experiment,
-            "champion_version": champion.version,
-            "challenger_version": challenger.version,
-            "decision": decision.decision,
-            "evidence": metadata,
-        },
+        result,
         metadata={
             **metadata,
             "experiment": experiment,
-            "days": int(days.nunique()),
-            "first_day": str(days.min()),
-            "last_day": str(days.max()),
-            "report": dg.MetadataValue.md(decision.to_markdown()),
-            "report_path": dg.MetadataValue.path(str(report)),
+            "report": dg.MetadataValue.md(markdown),
+            "report_path": dg.MetadataValue.path(str(path)),
+            "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
         },
     )
 
@@ -233,7 +346,7 @@ def ab_promotion(
     """On a "promote" decision the challenger becomes champion (alias move, audited)."""
     from mlops_assets.lib import registry
 
-    decision = ab_results["decision"]
+    decision = ab_results.decision
     promoted = False
     if decision == "promote":
         with warehouse.get_connection() as con:
@@ -241,13 +354,13 @@ def ab_promotion(
                 mlflow.client(),
                 con,
                 mlflow.model_name,
-                ab_results["challenger_version"],
-                reason=f"A/B test {ab_results['experiment']}",
-                evidence=ab_results["evidence"],
+                ab_results.challenger_version,
+                reason=f"A/B test {ab_results.experiment}: {ab_results.status}",
+                evidence=dict(ab_results.evidence),
                 run_id=context.run_id,
                 schema=dataset_spec.name,
             )
-        promoted = previous != ab_results["challenger_version"]  # re-runs change nothing
+        promoted = previous != ab_results.challenger_version  # re-runs change nothing
     champion = mlflow.serving_models().champion
     return dg.Output(
         champion,
@@ -255,6 +368,6 @@ def ab_promotion(
             "decision": decision,
             "promoted": promoted,
             "champion_version": int(champion.version),
-            "experiment": ab_results["experiment"],
+            "experiment": ab_results.experiment,
         },
     )

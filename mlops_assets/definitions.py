@@ -3,7 +3,6 @@
 import os
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from mlops_assets import (
     ab_testing,
@@ -24,6 +23,7 @@ from mlops_assets.resources import (
     EvidentlyWorkspace,
     MlflowTracking,
     ReportStore,
+    Warehouse,
     data_dir,
 )
 
@@ -32,7 +32,7 @@ def build_resources() -> dict:
     warehouse = str(data_dir() / "warehouse.duckdb")
     return {
         "io_manager": DuckDBFrameIOManager(database=warehouse, schema=dataset_spec.name),
-        "warehouse": DuckDBResource(database=warehouse),
+        "warehouse": Warehouse(database=warehouse),
         "source": DatasetSource(cache_dir=str(data_dir() / "sources")),
         "mlflow": MlflowTracking(
             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")

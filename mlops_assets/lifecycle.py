@@ -177,7 +177,7 @@ def main() -> None:
         ),
         "retraining sensor (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": results["experiment"],
-        "A/B decision": f"{results['decision']} (deciding test: {results['deciding_test']})",
+        "A/B decision": f"{results['decision']}: {results['status']}",
         "reports": f"{data_dir() / 'reports'} (evaluation/, drift/, ab/, monitoring/)",
         "elapsed": f"{time.perf_counter() - began:.0f} s",
     }

@@ -295,6 +295,19 @@ class _ReplacingPandasHandler(DbTypeHandler):
         return [pd.DataFrame]
 
 
+class Warehouse(DuckDBResource):
+    """The DuckDB warehouse. dagster-duckdb closes a connection only when the block succeeds; a
+    block that raises in an in-process run would keep the file open (and its lock) for good."""
+
+    @contextmanager
+    def get_connection(self):
+        with super().get_connection() as con:
+            try:
+                yield con
+            finally:
+                con.close()
+
+
 def table_exists(con, table: str) -> bool:
     """Whether `schema.name` exists: the IO manager creates a table on its first non-empty write."""
     schema, _, name = table.rpartition(".")

@@ -16,7 +16,6 @@ os.environ.pop("MLOPS_DATASET_SPEC", None)
 import dagster as dg
 import duckdb
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from mlops_assets import features, ingestion, validation
 from mlops_assets.lib import registry
@@ -28,6 +27,7 @@ from mlops_assets.resources import (
     EvidentlyWorkspace,
     MlflowTracking,
     ReportStore,
+    Warehouse,
 )
 
 ROWS_PER_DAY = 30
@@ -66,7 +66,7 @@ def make_resources_at(directory: str | Path, source_file: str | Path) -> dict:
     database = str(Path(directory) / "warehouse.duckdb")
     return {
         "io_manager": DuckDBFrameIOManager(database=database, schema=dataset_spec.name),
-        "warehouse": DuckDBResource(database=database),
+        "warehouse": Warehouse(database=database),
         "source": DatasetSource(
             cache_dir=str(Path(directory) / "sources"), source_file=str(source_file)
         ),
