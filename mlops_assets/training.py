@@ -175,6 +175,7 @@ def model(
 
     from mlops_assets.lib import modeling, registry
     from mlops_assets.lib.evaluation import classification_metrics
+    from mlops_assets.lib.monitoring import DECISION_THRESHOLD
 
     spec = dataset_spec
     categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
@@ -188,6 +189,9 @@ def model(
         "data_rows": str(len(training_set)),
         "data_rows_train": str(len(train)),
         "features_table": f"{spec.name}.features",
+        # The decision threshold monitoring reads (lib.registry.decision_threshold); the
+        # operating-point work (issue 12) replaces this default with the model's own.
+        registry.THRESHOLD_TAG: str(DECISION_THRESHOLD),
     }
     with mlflow.run(context, tags=lineage) as run:
         search = modeling.search_hyperparameters(

@@ -172,6 +172,11 @@ def world(tmp_path_factory, flights_rows):
     with registry.scoped_tracking(uri):  # MLflow resolves a models:/ source on its global URI
         client.create_model_version(MODEL, logged.model_uri, run.info.run_id)
     client.set_registered_model_alias(MODEL, "challenger", "2")
+    for version in ("1", "2"):
+        # What the model asset registers: the training days (the drift reference) and the
+        # decision threshold (0.3, not a default, so a test can tell it was read).
+        client.set_model_version_tag(MODEL, version, "data_window", "2013-01-01..2013-01-07")
+        client.set_model_version_tag(MODEL, version, "threshold", "0.3")
     return {"root": root, "uri": uri, "reference": reference}
 
 

@@ -138,6 +138,44 @@ def test_metrics(mlflow_client: MlflowClient, name: str, version: str) -> dict[s
     return {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
 
 
+THRESHOLD_TAG = "threshold"
+DATA_WINDOW_TAG = "data_window"
+
+
+def _version_tag(mlflow_client: MlflowClient, name: str, version: str, tag: str) -> str:
+    value = mlflow_client.get_model_version(name, version).tags.get(tag)
+    if not value:
+        raise ValueError(f"{name} version {version} has no {tag!r} tag")
+    return value
+
+
+def decision_threshold(mlflow_client: MlflowClient, name: str, version: str) -> float:
+    """The version's decision threshold (tag `threshold`): a record is positive at p >= it."""
+    value = _version_tag(mlflow_client, name, version, THRESHOLD_TAG)
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise ValueError(
+            f"{name} version {version}: threshold tag {value!r} is no number"
+        ) from None
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"{name} version {version}: threshold {threshold} is outside [0, 1]")
+    return threshold
+
+
+def data_window(mlflow_client: MlflowClient, name: str, version: str) -> tuple[dt.date, dt.date]:
+    """First and last day (inclusive) of the data the version was trained on (tag
+    `data_window`, "YYYY-MM-DD..YYYY-MM-DD", set when the model is registered)."""
+    value = _version_tag(mlflow_client, name, version, DATA_WINDOW_TAG)
+    try:
+        first, last = (dt.date.fromisoformat(part) for part in value.split(".."))
+    except ValueError:
+        raise ValueError(
+            f"{name} version {version}: data_window {value!r} is not YYYY-MM-DD..YYYY-MM-DD"
+        ) from None
+    return first, last
+
+
 def load_pipeline(ref: ModelRef, tracking_uri: str) -> Any:
     """The scikit-learn pipeline of a registered version (its preprocessing included)."""
     import mlflow.sklearn
