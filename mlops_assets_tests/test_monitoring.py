@@ -290,7 +290,8 @@ def test_the_estimate_comes_before_labels_and_sits_beside_the_realized_value(ran
         assert low < estimated < high
         # The realized value is compared with the estimate for the same (labelled) records.
         assert low_p < beside < high_p
-        assert outside == (not low_p <= realized <= high_p)
+        # A day whose labelled records hold one class has no ROC AUC: never outside the band.
+        assert outside == (realized is not None and not low_p <= realized <= high_p)
     estimated = check(ranged["result"], ESTIMATE_CHECK)
     assert estimated.metadata["days_judged"].value == 3
 
@@ -362,3 +363,41 @@ def test_the_schedule_monitors_yesterday_of_the_replayed_date(env, monkeypatch):
     ) as context:
         data = schedule.evaluate_tick(context)
     assert not data.run_requests and REPLAY_DATE_ENV in data.skip_message
+
+
+def test_the_lineage_runs_from_the_champion_through_monitoring_to_the_ab_test(env):
+    graph = definitions(env).resolve_asset_graph()
+    champion = dg.AssetKey("champion_model")
+    for asset in ("predictions", "drift_report", "performance_estimate", "performance"):
+        assert champion in graph.get(dg.AssetKey(asset)).parent_keys, asset
+    assert dg.AssetKey("drift_report") in graph.get(dg.AssetKey("ab_outcomes")).parent_keys
+
+
+def test_a_champion_moved_by_hand_makes_the_monitored_days_stale(env):
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from mlops_assets.automation import champion_alias_sensor
+
+    instance, mlflow = env["instance"], env["resources"]["mlflow"]
+
+    def tick():
+        with dg.build_sensor_context(instance=instance, resources={"mlflow": mlflow}) as context:
+            return champion_alias_sensor(context)
+
+    [seen] = tick().asset_events  # nothing recorded yet: v1 is recorded
+    instance.report_runless_asset_event(seen)
+    assert isinstance(tick(), dg.SkipReason)  # unchanged: nothing to record
+    assert run(env, [monitoring.predictions], start="2013-01-08").success
+
+    def status():
+        graph = definitions(env).resolve_asset_graph()
+        resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+        return resolver.get_status(dg.AssetKey("predictions"), "2013-01-08")
+
+    assert status() == StaleStatus.FRESH
+    mlflow.client().set_registered_model_alias(MODEL, "champion", "2")  # by hand, in MLflow
+    [moved] = tick().asset_events
+    assert moved.tags["dagster/data_version"] == "2"
+    instance.report_runless_asset_event(moved)
+    assert status() == StaleStatus.STALE

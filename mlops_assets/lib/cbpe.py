@@ -31,6 +31,7 @@ class Estimate:
     low: dict[str, float]
     high: dict[str, float]
     confusion: dict[str, float]
+    sd: dict[str, float]
 
     def inside(self, metric: str, realized: float) -> bool:
         return bool(self.low[metric] <= realized <= self.high[metric])
@@ -104,12 +105,15 @@ def estimate(
     scores: np.ndarray | None = None,
     draws: int = 400,
     coverage: float = 0.95,
+    inflation: float = 1.0,
     seed: int = 0,
 ) -> Estimate:
     """CBPE of one batch of calibrated probabilities: expected metrics and a `coverage` band
     from `draws` simulated label sets. `scores` (default: `proba`) rank the records and are
     compared with `threshold`; pass the raw scores when `proba` went through a calibrator.
-    Raises ValueError on an empty batch."""
+    `inflation` widens the band around the mean by that factor: records of one day share the
+    day's conditions, so their labels are not independent and the simulated spread is too narrow
+    (`band_inflation` measures the factor on labelled days). Raises ValueError on an empty batch."""
     p = np.clip(np.asarray(proba, dtype=float), 0.0, 1.0)
     if p.size == 0:
         raise ValueError("no records to estimate on")
@@ -120,14 +124,17 @@ def estimate(
     labels = rng.random((draws, p.size)) < p
     simulated = metrics_of_draws(labels, s, threshold)
     tail = (1 - coverage) / 2
-    expected, low, high = {}, {}, {}
+    expected, low, high, sd = {}, {}, {}, {}
     for name, values in simulated.items():
         values = values[np.isfinite(values)]
         if values.size == 0:
-            expected[name] = low[name] = high[name] = float("nan")
+            expected[name] = low[name] = high[name] = sd[name] = float("nan")
             continue
-        expected[name] = float(values.mean())
-        low[name], high[name] = (float(q) for q in np.quantile(values, [tail, 1 - tail]))
+        mean = expected[name] = float(values.mean())
+        sd[name] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+        q_low, q_high = (float(q) for q in np.quantile(values, [tail, 1 - tail]))
+        low[name] = mean - inflation * (mean - q_low)
+        high[name] = mean + inflation * (q_high - mean)
     return Estimate(
         n=int(p.size),
         threshold=float(threshold),
@@ -136,7 +143,19 @@ def estimate(
         low=low,
         high=high,
         confusion=_confusion(p, s >= threshold),
+        sd=sd,
     )
+
+
+def band_inflation(expected: np.ndarray, sd: np.ndarray, realized: np.ndarray) -> float:
+    """How much wider than the simulated spread the realized values actually fall, measured on
+    labelled days: the root mean square of (realized - expected) / sd (bias included), never
+    below 1. 1 when the labels are as independent as the simulation assumes."""
+    z = (np.asarray(realized) - np.asarray(expected)) / np.asarray(sd)
+    z = z[np.isfinite(z)]
+    if z.size == 0:
+        raise ValueError("no labelled day to measure the band's inflation on")
+    return float(max(1.0, np.sqrt(np.mean(z**2))))
 
 
 def fit_calibrator(proba: np.ndarray, labels: np.ndarray):

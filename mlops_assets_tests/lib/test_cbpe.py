@@ -49,3 +49,17 @@ def test_a_calibrated_model_lands_in_its_band_and_a_broken_one_does_not():
 def test_an_empty_batch_is_refused():
     with pytest.raises(ValueError, match="no records"):
         cbpe.estimate(np.array([]), 0.5)
+
+
+def test_the_band_inflation_is_the_rms_of_the_standardised_residuals():
+    expected, sd = np.array([0.7, 0.7, 0.7, 0.7]), np.array([0.02, 0.02, 0.02, 0.02])
+    realized = np.array([0.74, 0.66, 0.76, 0.64])  # z = 2, -2, 3, -3: rms sqrt(6.5)
+    assert cbpe.band_inflation(expected, sd, realized) == pytest.approx(np.sqrt(6.5))
+    assert cbpe.band_inflation(expected, sd, expected) == 1.0  # never narrower
+    p = np.random.default_rng(0).beta(2, 5, 300)
+    plain, wide = cbpe.estimate(p, 0.5, seed=3), cbpe.estimate(p, 0.5, seed=3, inflation=2.0)
+    for name in ("roc_auc", "f1"):
+        assert wide.high[name] - wide.low[name] == pytest.approx(
+            2 * (plain.high[name] - plain.low[name])
+        )
+        assert wide.expected[name] == plain.expected[name]
