@@ -147,20 +147,21 @@ def estimate(
     )
 
 
-def band_inflation(expected: np.ndarray, sd: np.ndarray, realized: np.ndarray) -> float:
+def band_inflation(
+    expected: np.ndarray, sd: np.ndarray, realized: np.ndarray, coverage: float = 0.95
+) -> float:
     """How much wider than the simulated spread the realized values actually fall, measured on
-    labelled days: the root mean square of (realized - expected) / sd (bias included), never
-    below 1. 1 when the labels are as independent as the simulation assumes."""
-    z = (np.asarray(realized) - np.asarray(expected)) / np.asarray(sd)
-    z = z[np.isfinite(z)]
+    labelled days: the `coverage` quantile of |realized - expected| / sd over the normal quantile
+    of the same coverage (bias included), never below 1. So the inflated band holds the realized
+    value on about `coverage` of such days; 1 when labels are as independent as simulated. A
+    quantile, not a root mean square: one freak day would otherwise widen every band."""
+    from statistics import NormalDist
+
+    z = (np.asarray(realized, dtype=float) - np.asarray(expected, dtype=float)) / np.asarray(
+        sd, dtype=float
+    )
+    z = np.abs(z[np.isfinite(z)])
     if z.size == 0:
         raise ValueError("no labelled day to measure the band's inflation on")
-    return float(max(1.0, np.sqrt(np.mean(z**2))))
-
-
-def fit_calibrator(proba: np.ndarray, labels: np.ndarray):
-    """An isotonic map from raw scores to calibrated probabilities, fitted on labelled reference
-    records (for a model whose probabilities are not calibrated)."""
-    from sklearn.isotonic import IsotonicRegression
-
-    return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(proba, labels)
+    normal = NormalDist().inv_cdf(1 - (1 - coverage) / 2)
+    return float(max(1.0, np.quantile(z, coverage) / normal))

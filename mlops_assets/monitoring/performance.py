@@ -63,11 +63,14 @@ class EstimateConfig(dg.Config):
     min_records: int = Field(default=100, description="Days with fewer records are not judged.")
 
 
-def _band(estimate, prefix: str = "estimated_") -> dict[str, float]:
+def _band(estimate) -> dict[str, float]:
+    """The estimate's columns; NaN without one, so every row has the same columns."""
+    nan = float("nan")
     row = {}
     for name in BANDED:
-        row[f"{prefix}{name}"] = estimate.expected[name]
-        row[f"{name}_low"], row[f"{name}_high"] = estimate.low[name], estimate.high[name]
+        row[f"estimated_{name}"] = estimate.expected[name] if estimate else nan
+        row[f"{name}_low"] = estimate.low[name] if estimate else nan
+        row[f"{name}_high"] = estimate.high[name] if estimate else nan
     return row
 
 
@@ -295,6 +298,7 @@ def performance(
             **{name: (metrics or {}).get(name, float("nan")) for name in METRIC_NAMES},
         }
         row["n"] = len(window)
+        row |= _band(None)
         drops, outside = {}, False
         if enough and metrics is not None:
             estimate = cbpe.estimate(
