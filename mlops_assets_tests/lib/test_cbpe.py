@@ -54,10 +54,8 @@ def test_an_empty_batch_is_refused():
 def test_the_band_inflation_makes_the_band_cover_the_residuals():
     expected, sd = np.full(5, 0.7), np.full(5, 0.02)
     realized = np.array([0.74, 0.66, 0.76, 0.64, 0.70])  # |z| = 2, 2, 3, 3, 0
-    # The 0.5 quantile of |z| is 2; the normal's central 50% reaches 0.6745.
-    assert cbpe.band_inflation(expected, sd, realized, coverage=0.5) == pytest.approx(
-        2 / 0.6744897501960817
-    )
+    # The median |z| is 2; a standard normal's is 0.6745.
+    assert cbpe.band_inflation(expected, sd, realized) == pytest.approx(2 / 0.6744897501960817)
     assert cbpe.band_inflation(expected, sd, expected) == 1.0  # never narrower
     p = np.random.default_rng(0).beta(2, 5, 300)
     plain, wide = cbpe.estimate(p, 0.5, seed=3), cbpe.estimate(p, 0.5, seed=3, inflation=2.0)
