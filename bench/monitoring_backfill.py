@@ -4,8 +4,8 @@ inside compute_drift against Evidently called directly on the same frames.
 
 Needs the features of 2013 in data/warehouse.duckdb (`make data`); everything else is built in a
 temporary directory: the features are copied there, a HistGradientBoosting model is trained on
-Jan-Jun and registered as champion in a temporary MLflow store, and the training set's train split
-(Jan-Jun) is the drift reference. Nothing under data/ is written.
+Jan-Jun and registered as champion in a temporary MLflow store, and its data window (Jan-Jun) is
+the drift reference. Nothing under data/ is written.
 
 Run: .venv/bin/python bench/monitoring_backfill.py [--per-partition-days 4] [--evidently-days 5]
 """
@@ -22,6 +22,9 @@ import dagster as dg
 import duckdb
 
 from mlops_assets import monitoring
+from mlops_assets.monitoring.common import pipeline as cached_pipeline
+from mlops_assets.monitoring.drift import DriftConfig, read_reference
+from mlops_assets.partitions import daily_partitions
 from mlops_assets.partitions import dataset_spec as spec
 from mlops_assets.resources import (
     DuckDBFrameIOManager,
@@ -34,10 +37,15 @@ from mlops_assets.resources import (
 SOURCE = Path("data/warehouse.duckdb")
 FIRST, LAST = "2013-07-01", "2013-12-31"
 MODEL = "flights_model"
-DAILY = [monitoring.predictions, monitoring.drift_report, monitoring.performance]
+DAILY = [
+    monitoring.predictions,
+    monitoring.drift_report,
+    monitoring.performance_estimate,
+    monitoring.performance,
+]
 FEATURES = dg.AssetSpec(
     "features",
-    partitions_def=monitoring.daily_partitions,
+    partitions_def=daily_partitions,
     metadata={"partition_expr": "flight_date"},
 )
 
@@ -86,6 +94,7 @@ def setup(root: Path) -> dict:
         )
     client.set_registered_model_alias(MODEL, "champion", "1")
     client.set_model_version_tag(MODEL, "1", registry.THRESHOLD_TAG, str(threshold))
+    client.set_model_version_tag(MODEL, "1", registry.DATA_WINDOW_TAG, "2013-01-01..2013-06-30")
     return {
         "io_manager": DuckDBFrameIOManager(database=str(database), schema=spec.name),
         "warehouse": Warehouse(database=str(database)),
@@ -126,12 +135,12 @@ def evidently_per_day(resources, days: list[str]) -> dict[str, list[float]]:
     from mlops_assets.lib.monitoring import constant_within_batches
 
     cat, num = spec.categorical_features, spec.numeric_features
-    config = monitoring.DriftConfig()
-    reference, _ = monitoring._read_reference(resources["warehouse"], config)
+    config = DriftConfig()
+    reference, _ = read_reference(resources["warehouse"], resources["mlflow"], "1")
     exclude = constant_within_batches(reference, "flight_date", [*cat, *num])
     reference = reference.sample(config.reference_sample_rows, random_state=config.reference_seed)
     mlflow = resources["mlflow"]
-    pipeline = monitoring._pipeline(mlflow.tracking_uri, MODEL, "1")
+    pipeline = cached_pipeline(mlflow.tracking_uri, MODEL, "1")
     reference["probability"] = pipeline.predict_proba(reference[[*cat, *num]])[:, 1]
     settings = DriftSettings(exclude=tuple(exclude))
     tested = [c for c in [*cat, *num] if c not in exclude]

@@ -503,7 +503,7 @@ def monitor(
             monitoring.worst_days(perf_table, "roc_auc", 5, largest=False),
         ]
     )
-    monitoring.plot_summary(
+    plot_summary(
         drift_table,
         perf_table,
         date_column=DATE,
@@ -734,6 +734,52 @@ def main() -> None:
         say(f"  {key:30} {value}")
     for key, seconds in STAGES:
         say(f"STAGE {key} {seconds:.2f}")
+
+
+def plot_summary(
+    drift: pd.DataFrame,
+    performance: pd.DataFrame,
+    *,
+    date_column: str,
+    path: str | Path,
+    flagged: list[pd.Timestamp] = (),
+) -> Path:
+    """The platform's summary plot before calibrated drift, kept for this baseline.
+
+    PNG: daily drift share and prediction drift (top), daily ROC AUC and F1 with the actual and
+    predicted positive rates (bottom); `flagged` days marked. Agg canvas, no pyplot state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 6.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    if not drift.empty:
+        top.plot(drift[date_column], drift["drift_share"], label="drift share", lw=1.2)
+        top.plot(
+            drift[date_column],
+            drift["prediction_drift_score"],
+            label="prediction drift score",
+            lw=1.0,
+        )
+    top.set_ylabel("drift")
+    top.set_title("Daily drift against the reference")
+    if not performance.empty:
+        for name in ("roc_auc", "f1", "positive_rate", "predicted_positive_rate"):
+            bottom.plot(performance[date_column], performance[name], label=name, lw=1.0)
+    bottom.set_ylabel("metric")
+    bottom.set_title("Daily performance of the champion (labelled records)")
+    for axis in (top, bottom):
+        for day in flagged:
+            axis.axvline(day, color="red", alpha=0.25, lw=2)
+        if axis.lines:
+            axis.legend(loc="upper left", fontsize=8)
+        axis.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100)
+    figure.clear()
+    return path
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def experiment_name(model_name: str, champion: str, challenger: str) -> str:
     group_name=GROUP,
     kinds={"duckdb", "pandas"},
     pool=DUCKDB_POOL,
+    # Lineage: the models under test and the day's monitoring come before the experiment.
+    deps=["champion_model", "drift_report"],
 )
 def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, predictions, features):
     """Per record of each day: experiment, arm, label and both models' scores (the metric inputs).

@@ -6,6 +6,7 @@ DuckDB file: a tick costs a few small queries and never waits on a run holding t
 
 import datetime as dt
 import json
+import os
 
 import dagster as dg
 
@@ -16,8 +17,9 @@ from mlops_assets.lib.automation import (
     evaluate_rule,
     replay_rule,
 )
+from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import DatasetSource
+from mlops_assets.resources import DatasetSource, MlflowTracking
 
 RETRAIN_REASON_TAG = "mlops/retrain_reason"
 RETRAIN_EVIDENCE_TAG = "mlops/retrain_evidence"
@@ -49,7 +51,10 @@ def _value(metadata, key: str) -> float | None:
     return float(entry.value) if entry is not None and entry.value is not None else None
 
 
-MONITORED = (("drift_report", ("drift_share",)), ("performance", ("roc_auc", "reference_roc_auc")))
+MONITORED = (
+    ("drift_report", ("drift_share",)),
+    ("performance", ("roc_auc", "reference_roc_auc", "outside_band")),
+)
 
 
 def collect_day_results(
@@ -80,6 +85,7 @@ def day_results(days: dict) -> list[DayResult]:
             drift_share=values.get("drift_share"),
             roc_auc=values.get("roc_auc"),
             reference_auc=values.get("reference_roc_auc"),
+            outside_band=bool(values["outside_band"]) if values.get("outside_band") else None,
         )
         for day, values in days.items()
     ]
@@ -194,4 +200,94 @@ def monthly_retraining_schedule(context: dg.ScheduleEvaluationContext):
         run_key=f"monthly-retrain-{end}",
         run_config={"ops": {"training_set": {"config": {"start": str(start), "end": str(end)}}}},
         tags={RETRAIN_REASON_TAG: "monthly schedule", "mlops/training_window": f"{start}..{end}"},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Monitoring: the daily job and schedule, and the champion as seen in the registry
+
+MONITORING_GROUP = "monitoring"
+DATA_VERSION_TAG = "dagster/data_version"  # where a materialization carries its data version
+CHAMPION_ASSET = dg.AssetKey("champion_model")
+
+monitoring_job = dg.define_asset_job(
+    "monitoring_job",
+    selection=dg.AssetSelection.groups(MONITORING_GROUP) | dg.AssetSelection.assets("ab_outcomes"),
+    description="Score, check for drift, estimate and measure performance of the selected days, "
+    "record A/B outcomes when a challenger exists, then the summary.",
+)
+
+
+@dg.schedule(
+    job=monitoring_job,
+    cron_schedule="0 6 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+)
+def monitoring_schedule(context: dg.ScheduleEvaluationContext):
+    """Every morning: monitor yesterday, and measure the day whose labels land today.
+
+    "Today" is the tick's date, or $MLOPS_REPLAY_DATE when set (to replay the 2013 data).
+    """
+    from mlops_assets.lib.clock import today
+
+    delay = dataset_spec.target.label_delay_days
+    replaying = bool(os.environ.get(REPLAY_DATE_ENV))
+    now = today() if replaying else context.scheduled_execution_time.date()
+    first, last = dataset_spec.date.start, dataset_spec.date.end
+    newest = now - dt.timedelta(days=1)
+    labelled = now - dt.timedelta(days=delay)
+    if not first <= newest <= last:
+        return dg.SkipReason(
+            f"no partition for {newest} (data span {first}..{last}); set {REPLAY_DATE_ENV} "
+            "to replay a date of the data"
+        )
+    run_config = {"ops": {"performance": {"config": {"label_delay_days": delay}}}}
+    requests = [
+        dg.RunRequest(
+            run_key=f"monitor-{newest}", partition_key=newest.isoformat(), run_config=run_config
+        )
+    ]
+    if labelled != newest and first <= labelled <= last:
+        requests.append(
+            dg.RunRequest(
+                run_key=f"labels-{labelled}",
+                partition_key=labelled.isoformat(),
+                run_config=run_config,
+                asset_selection=[dg.AssetKey("performance"), dg.AssetKey("monitoring_summary")],
+            )
+        )
+    return requests
+
+
+def recorded_champion(instance: dg.DagsterInstance) -> str | None:
+    """The champion version Dagster last recorded (the data version of `champion_model`)."""
+    event = instance.get_latest_materialization_event(CHAMPION_ASSET)
+    if event is None or event.asset_materialization is None:
+        return None
+    return event.asset_materialization.tags.get(DATA_VERSION_TAG)
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Records a champion moved outside Dagster (by hand in the MLflow UI) as a new "
+    "version of champion_model, so the monitored days it served go stale.",
+)
+def champion_alias_sensor(context: dg.SensorEvaluationContext, mlflow: MlflowTracking):
+    champion = mlflow.serving_models().champion
+    if champion is None:
+        return dg.SkipReason(f"no version of {mlflow.model_name} holds the alias 'champion'")
+    recorded = recorded_champion(context.instance)
+    if recorded == champion.version:
+        return dg.SkipReason(f"champion is still v{champion.version}")
+    return dg.SensorResult(
+        asset_events=[
+            dg.AssetMaterialization(
+                CHAMPION_ASSET,
+                description=f"alias moved outside Dagster: v{recorded} -> v{champion.version}",
+                metadata={"champion_version": int(champion.version), "observed_by": "sensor"},
+                tags={DATA_VERSION_TAG: champion.version},
+            )
+        ]
     )

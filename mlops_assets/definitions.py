@@ -50,7 +50,7 @@ def build_resources() -> dict:
 
 data_assets = dg.AssetSelection.groups("ingestion", "validation", "features")
 training_assets = dg.AssetSelection.groups("training", "evaluation", "registry")
-daily_assets = data_assets | monitoring.monitoring_job.selection
+daily_assets = data_assets | automation.monitoring_job.selection
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(
@@ -68,7 +68,7 @@ defs = dg.Definitions(
             description="Build the training set, train, register, evaluate, explain and gate "
             "a model; the first model to pass the gates becomes champion.",
         ),
-        monitoring.monitoring_job,
+        automation.monitoring_job,
         dg.define_asset_job(
             "daily_job",
             selection=daily_assets,
@@ -80,8 +80,12 @@ defs = dg.Definitions(
             description="Analyse the current A/B experiment; promote the challenger if it wins.",
         ),
     ],
-    schedules=[monitoring.monitoring_schedule, automation.monthly_retraining_schedule],
-    sensors=[automation.retraining_sensor, automation.new_data_sensor],
+    schedules=[automation.monitoring_schedule, automation.monthly_retraining_schedule],
+    sensors=[
+        automation.retraining_sensor,
+        automation.new_data_sensor,
+        automation.champion_alias_sensor,
+    ],
     resources=build_resources(),
     executor=dg.in_process_executor,
 )

@@ -131,7 +131,13 @@ def main() -> None:
             start=monitor_start,
             end=monitor_end,
             # No challenger yet: A/B outcomes would only record 184 empty days.
-            assets=["predictions", "drift_report", "performance", "monitoring_summary"],
+            assets=[
+                "predictions",
+                "drift_report",
+                "performance_estimate",
+                "performance",
+                "monitoring_summary",
+            ],
         )
 
         say("-> replay the retraining sensor over the monitored days")

@@ -61,8 +61,10 @@ def champion_model(
             f"challenger v{challenger.version} waits for the A/B test against "
             f"champion v{champion.version}"
         )
+    # The data version is the champion's version: monitored days scored by another go stale.
     return dg.Output(
         champion,
+        data_version=dg.DataVersion(champion.version),
         metadata={
             "champion_version": int(champion.version),
             "challenger_version": int(challenger.version) if challenger else 0,

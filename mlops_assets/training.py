@@ -236,7 +236,7 @@ def model(
     dates = training_set[spec.date.column]
     lineage = {
         "code_version": code_version(),
-        "data_window": f"{dates.min().date()}..{dates.max().date()}",
+        registry.DATA_WINDOW_TAG: f"{dates.min().date()}..{dates.max().date()}",
         "data_hash": modeling.hash_frame(training_set),
         "data_rows": str(len(training_set)),
         "data_rows_train": str(len(train)),

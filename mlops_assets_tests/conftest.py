@@ -181,6 +181,10 @@ def world(tmp_path_factory, flights_rows):
     client.set_registered_model_alias(MODEL, "challenger", "2")
     for version, threshold in THRESHOLDS.items():
         client.set_model_version_tag(MODEL, version, registry.THRESHOLD_TAG, str(threshold))
+        # The training days (the drift reference), as the model asset registers them.
+        client.set_model_version_tag(
+            MODEL, version, registry.DATA_WINDOW_TAG, "2013-01-01..2013-01-07"
+        )
     return {"root": root, "uri": uri, "reference": reference}
 
 

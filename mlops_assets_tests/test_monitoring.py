@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from mlops_assets import ab_testing, monitoring
+from mlops_assets import ab_testing, automation, monitoring
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
+from mlops_assets.monitoring.drift import DRIFT_CHECK
+from mlops_assets.monitoring.performance import ESTIMATE_CHECK, PERFORMANCE_CHECK
 from mlops_assets.partitions import dataset_spec as spec
 from mlops_assets_tests.conftest import (
     FEATURES_TABLE,
@@ -26,11 +28,16 @@ from mlops_assets_tests.conftest import (
     range_tags,
 )
 
-DAILY = [monitoring.predictions, monitoring.drift_report, monitoring.performance]
+DAILY = [
+    monitoring.predictions,
+    monitoring.drift_report,
+    monitoring.performance_estimate,
+    monitoring.performance,
+]
 SCORED = [monitoring.predictions, monitoring.performance]
 DRIFT = [monitoring.predictions, monitoring.drift_report]
-# Reference for most tests: the features of Jan 1-7 (the days the model was trained on).
-WINDOW = {"reference_start": "2013-01-01", "reference_end": "2013-01-08"}
+# The sample holds 30 flights a day: judge drift on days of 10 rows or more.
+WINDOW = {"min_rows": 10, "domain_null_days": 7}
 
 
 @pytest.fixture
@@ -41,8 +48,8 @@ def env(world, tmp_path, instance):
 def definitions(env) -> dg.Definitions:
     return dg.Definitions(
         assets=[FEATURES_TABLE, *monitoring.monitoring_assets, ab_testing.ab_outcomes],
-        jobs=[monitoring.monitoring_job],
-        schedules=[monitoring.monitoring_schedule],
+        jobs=[automation.monitoring_job],
+        schedules=[automation.monitoring_schedule],
         resources=env["resources"],
     )
 
@@ -61,6 +68,7 @@ def ranged(world, tmp_path_factory):
                 "ops": {
                     "drift_report": {"config": WINDOW},
                     "performance": {"config": {"min_labelled_records": 1}},
+                    "performance_estimate": {"config": {"min_records": 1}},
                 }
             },
         )
@@ -72,6 +80,7 @@ def run(env, assets=DAILY, start="2013-01-08", end=None, drift=None, perf=None, 
     config = {
         "drift_report": {"config": drift or WINDOW},
         "performance": {"config": perf or {"min_labelled_records": 1}},
+        "performance_estimate": {"config": {"min_records": 1}},
     }
     config = {k: v for k, v in config.items() if any(a.key.path[-1] == k for a in assets)}
     partition = {"partition_key": start} if end is None else {"tags": range_tags(start, end)}
@@ -171,49 +180,51 @@ def test_html_for_the_last_day_only_and_snapshots_in_the_workspace(ranged):
     assert sorted(r.timestamp for r in runs) == [dt.datetime(2013, 1, d) for d in (8, 9, 10)]
 
 
-def test_the_summary_plots_the_monitored_days(ranged):
+def test_the_summary_shows_the_days_by_date(ranged):
     meta = ranged["result"].asset_materializations_for_node("monitoring_summary")[0].metadata
-    assert Path(meta["plot"].value).read_bytes()[:4] == b"\x89PNG"
-    assert meta["days_with_drift"].value == 3 and meta["days_with_performance"].value == 3
-    assert "2013-01" in meta["monthly"].value and "high drift" in meta["worst_days"].value
+    assert Path(meta["plot_file"].value).read_bytes()[:4] == b"\x89PNG"
+    assert meta["plot"].value.startswith("![monitoring by date](data:image/png;base64,iVBOR")
+    assert meta["days_with_drift"].value == 3 and meta["days_judged"].value == 3
+    daily = meta["daily"].value
+    assert all(f"2013-01-{d}" in daily for d in ("08", "09", "10"))
+    assert "estimated_roc_auc" in daily and "max_z" in daily
+    assert "2013-01" in meta["monthly"].value
 
 
-def test_identical_frames_do_not_drift_and_a_shifted_column_does(env):
-    # The reference is the training set's train split: make it exactly the day's records.
+def test_a_shifted_column_alarms_against_the_champions_training_days(env):
     day = "2013-01-08"
+    quiet = {**WINDOW, "html": "none"}
+    assert run(env, DRIFT, start=day, drift=quiet).success
+    null = sql(env, "SELECT model_version, count(DISTINCT day) FROM flights.drift_null GROUP BY 1")
+    # The null comes from the champion's data window (its tag): Jan 1-7, one row per day.
+    assert null == [("1", 7)]
+    column = "hour"
     with duckdb.connect(str(env["dir"] / "warehouse.duckdb")) as con:
         con.execute(
-            "CREATE OR REPLACE TABLE flights.training_set AS SELECT *, 'train' AS split "
-            f"FROM flights.features WHERE flight_date = '{day}'"
-        )
-    same = {"html": "none"}
-    assert run(env, DRIFT, start=day, drift=same).success
-    [(share, pred_score, drifted)] = sql(
-        env, "SELECT drift_share, prediction_drift_score, drifted_columns FROM flights.drift_report"
-    )
-    assert (share, drifted) == (0.0, "") and pred_score == pytest.approx(0, abs=1e-9)
-
-    column = next(
-        c
-        for c in spec.numeric_features
-        if sql(env, f"SELECT stddev({c}) FROM flights.features")[0][0]
-    )
-    with duckdb.connect(str(env["dir"] / "warehouse.duckdb")) as con:
-        con.execute(
-            f"UPDATE flights.features SET {column} = {column} + 10 * "
+            f"UPDATE flights.features SET {column} = {column} + 3 * "
             f"(SELECT stddev({column}) FROM flights.features) WHERE flight_date = '{day}'"
         )
-    result = run(env, DRIFT, start=day, drift=same)
+    result = run(env, DRIFT, start=day, drift=quiet)
     assert result.success
-    rows = sql(env, f"SELECT drifted_columns, drift_score__{column} FROM flights.drift_report")
+    rows = sql(env, f"SELECT alarm, drifted_columns, drift_z__{column} FROM flights.drift_report")
     assert len(rows) == 1  # the day's row was replaced
-    assert rows[0][0] == column and rows[0][1] > 1.0
-    assert per_partition(result, "drift_report")[day]["n_drifted_columns"] == 1
+    alarm, drifted, z = rows[0]
+    assert alarm and drifted.split(", ")[0] == column and z > 3
+    # The null was not recomputed: same rows, read back from DuckDB.
+    assert sql(env, "SELECT count(DISTINCT day) FROM flights.drift_null") == [(7,)]
+    judged = {c for (c,) in sql(env, "SELECT DISTINCT column_name FROM flights.drift_null")}
+    assert "day_of_week" not in judged and {"hour", "carrier", "__domain__"} <= judged
     from evidently.ui.workspace import Workspace
 
     workspace = Workspace(str(env["dir"] / "evidently"))
     [project] = workspace.search_project("flights drift")
     assert len(workspace.list_runs(project.id)) == 1  # the day's snapshot was replaced too
+
+
+def test_calendar_columns_are_left_out_by_their_role():
+    numeric, categorical = spec.drift_features
+    assert spec.features["day_of_week"].role == "calendar"
+    assert "day_of_week" not in numeric and "hour" in numeric and "carrier" in categorical
 
 
 def test_the_label_delay_is_respected(env, monkeypatch):
@@ -249,30 +260,101 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
     # Decisions at the champion's threshold, not at 0.5.
     assert predicted_rate == pytest.approx(np.mean(p >= THRESHOLDS["1"]))
     assert n == len(y) and version == "1"
-    warned = check(result, monitoring.PERFORMANCE_CHECK)
+    warned = check(result, PERFORMANCE_CHECK)
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.metadata["test_roc_auc"].value == pytest.approx(world["reference"]["roc_auc"])
     assert warned.metadata["days_below"].value == 3
 
-    lenient = {"min_labelled_records": 1, "watched_metrics": ["roc_auc"], "max_relative_drop": 1.0}
-    assert check(
-        run(env, SCORED, start="2013-01-08", perf=lenient), monitoring.PERFORMANCE_CHECK
-    ).passed
+    lenient = {
+        "min_labelled_records": 1,
+        "watched_metrics": ["roc_auc"],
+        "max_relative_drop": 1.0,
+        "coverage": 0.999999,
+    }
+    assert check(run(env, SCORED, start="2013-01-08", perf=lenient), PERFORMANCE_CHECK).passed
 
 
-def test_drift_check_warns_above_the_threshold(env):
-    strict = {**WINDOW, "html": "none", "drift_share_threshold": 0.01, "categorical_threshold": 0.0}
-    warned = check(run(env, DRIFT, start="2013-01-09", drift=strict), monitoring.DRIFT_CHECK)
+def test_decisions_use_the_models_registered_threshold(ranged):
+    labelled = sql(
+        ranged,
+        "SELECT f.is_delayed, p.probability FROM flights.predictions p JOIN flights.features f "
+        "USING (flight_date, carrier, flight, sched_dep_time) WHERE p.model_alias = 'champion' "
+        "AND f.is_delayed IS NOT NULL AND p.flight_date = '2013-01-09'",
+    )
+    y, p = np.array(labelled).T
+    [(accuracy, rate, threshold)] = sql(
+        ranged,
+        "SELECT p.accuracy, p.predicted_positive_rate, e.threshold FROM flights.performance p "
+        "JOIN flights.performance_estimate e USING (flight_date) WHERE flight_date = '2013-01-09'",
+    )
+    assert threshold == THRESHOLDS["1"]  # the tag, not a default
+    assert accuracy == pytest.approx(((p >= threshold) == y).mean())
+    assert rate == pytest.approx((p >= threshold).mean())
+
+
+def test_the_estimate_comes_before_labels_and_sits_beside_the_realized_value(ranged):
+    rows = sql(
+        ranged,
+        "SELECT e.estimated_roc_auc, e.roc_auc_low, e.roc_auc_high, p.roc_auc, "
+        "p.estimated_roc_auc, p.roc_auc_low, p.roc_auc_high, p.outside_band "
+        "FROM flights.performance_estimate e JOIN flights.performance p USING (flight_date) "
+        "ORDER BY flight_date",
+    )
+    assert len(rows) == 3
+    for estimated, low, high, realized, beside, low_p, high_p, outside in rows:
+        assert low <= estimated <= high
+        # The realized value is compared with the estimate for the same (labelled) records.
+        assert low_p <= beside <= high_p
+        # A day whose labelled records hold one class has no ROC AUC: never outside the band.
+        assert outside == (realized is not None and not low_p <= realized <= high_p)
+    estimated = check(ranged["result"], ESTIMATE_CHECK)
+    assert estimated.metadata["days_judged"].value == 3
+
+
+def test_a_day_with_few_labels_is_judged_on_a_trailing_week_and_nothing_is_never_green(env):
+    # 30 flights a day: 100 labelled records need 4 days; the first days of the data have no
+    # earlier ones and are not judged (a WARN with the count), never a pass.
+    weekly = {"min_labelled_records": 100, "max_window_days": 7}
+    result = run(env, SCORED, start="2013-01-01", end="2013-01-10", perf=weekly)
+    assert result.success
+    rows = dict(
+        (d, (judged, k, n, reason))
+        for d, judged, k, n, reason in sql(
+            env,
+            "SELECT strftime(flight_date, '%d'), judged, window_days, n, not_judged_reason "
+            "FROM flights.performance ORDER BY 1",
+        )
+    )
+    assert rows["01"][0] is False and rows["01"][3] == f"not judged: n={rows['01'][2]} < 100"
+    assert rows["10"][:2] == (True, 4) and rows["10"][2] >= 100
+    meta = per_partition(result, "performance")
+    assert meta["2013-01-01"]["not_judged"].startswith("not judged: n=")
+    warned = check(result, PERFORMANCE_CHECK)
+    assert not warned.passed and warned.metadata["days_not_judged"].value >= 3
+
+    nothing = {"min_labelled_records": 1000, "max_window_days": 7}
+    result = run(env, SCORED, start="2013-01-08", perf=nothing)
+    warned = check(result, PERFORMANCE_CHECK)
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert warned.metadata["days_over_threshold"].value == 1
-    lenient = {**WINDOW, "html": "none", "numeric_threshold": 100.0, "categorical_threshold": 1.0}
-    assert check(run(env, DRIFT, start="2013-01-09", drift=lenient), monitoring.DRIFT_CHECK).passed
+    assert warned.description.startswith("not judged")
+
+
+def test_a_drift_check_that_judged_nothing_is_not_green(env):
+    tiny = {**WINDOW, "html": "none", "min_rows": 1000}
+    result = run(env, DRIFT, start="2013-01-09", drift=tiny)
+    warned = check(result, DRIFT_CHECK)
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+    assert warned.description.startswith("not judged")
+    [(judged, alarm, reason)] = sql(
+        env, "SELECT judged, alarm, not_judged_reason FROM flights.drift_report"
+    )
+    assert (judged, alarm) == (False, False) and reason.startswith("not judged")
 
 
 def test_a_day_without_records_is_skipped_with_a_message(env):
     result = run(env, start="2013-01-11")
     assert result.success
-    for asset in ("predictions", "drift_report", "performance"):
+    for asset in ("predictions", "drift_report", "performance_estimate", "performance"):
         assert per_partition(result, asset)["2013-01-11"]["skipped"].startswith("no ")
     assert sql(env, "SELECT count(*) FROM flights.predictions") == [(0,)]
     tables = sql(env, "SELECT table_name FROM information_schema.tables")
@@ -296,3 +378,41 @@ def test_the_schedule_monitors_yesterday_of_the_replayed_date(env, monkeypatch):
     ) as context:
         data = schedule.evaluate_tick(context)
     assert not data.run_requests and REPLAY_DATE_ENV in data.skip_message
+
+
+def test_the_lineage_runs_from_the_champion_through_monitoring_to_the_ab_test(env):
+    graph = definitions(env).resolve_asset_graph()
+    champion = dg.AssetKey("champion_model")
+    for asset in ("predictions", "drift_report", "performance_estimate", "performance"):
+        assert champion in graph.get(dg.AssetKey(asset)).parent_keys, asset
+    assert dg.AssetKey("drift_report") in graph.get(dg.AssetKey("ab_outcomes")).parent_keys
+
+
+def test_a_champion_moved_by_hand_makes_the_monitored_days_stale(env):
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.loader import LoadingContextForTest
+
+    from mlops_assets.automation import champion_alias_sensor
+
+    instance, mlflow = env["instance"], env["resources"]["mlflow"]
+
+    def tick():
+        with dg.build_sensor_context(instance=instance, resources={"mlflow": mlflow}) as context:
+            return champion_alias_sensor(context)
+
+    [seen] = tick().asset_events  # nothing recorded yet: v1 is recorded
+    instance.report_runless_asset_event(seen)
+    assert isinstance(tick(), dg.SkipReason)  # unchanged: nothing to record
+    assert run(env, [monitoring.predictions], start="2013-01-08").success
+
+    def status():
+        graph = definitions(env).resolve_asset_graph()
+        resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+        return resolver.get_status(dg.AssetKey("predictions"), "2013-01-08")
+
+    assert status() == StaleStatus.FRESH
+    mlflow.client().set_registered_model_alias(MODEL, "champion", "2")  # by hand, in MLflow
+    [moved] = tick().asset_events
+    assert moved.tags["dagster/data_version"] == "2"
+    instance.report_runless_asset_event(moved)
+    assert status() == StaleStatus.STALE

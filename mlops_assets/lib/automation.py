@@ -11,7 +11,9 @@ class RetrainingRule:
     """Retrain after `consecutive_days` days in a row of drift or decay, then not for a while.
 
     A day drifts when its drift share exceeds `max_drift_share`; it decays when its ROC AUC is
-    below `min_auc_ratio` x the serving model's test ROC AUC (its reference). After a retraining,
+    below `min_auc_ratio` x the serving model's test ROC AUC (its reference); its relation between
+    features and label moved when, with `outside_band` on, its realized ROC AUC fell outside the
+    band of its label-free estimate (lib.cbpe). After a retraining,
     no other for `cooldown_days`. Days are data days (partition dates), so
     the rule behaves the same in replay as live.
     """
@@ -21,6 +23,7 @@ class RetrainingRule:
     consecutive_days: int = 7
     cooldown_days: int = 30
     window_days: int = 90
+    outside_band: bool = True
 
     def __post_init__(self) -> None:
         if self.consecutive_days < 1 or self.cooldown_days < 0 or self.window_days < 1:
@@ -33,6 +36,7 @@ class DayResult:
     drift_share: float | None = None
     roc_auc: float | None = None
     reference_auc: float | None = None
+    outside_band: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,9 @@ class RetrainDecision:
 
     def evidence(self) -> str:
         return "; ".join(
-            f"{d.day}: drift {_fmt(d.drift_share)}, auc {_fmt(d.roc_auc)}" for d in self.streak
+            f"{d.day}: drift {_fmt(d.drift_share)}, auc {_fmt(d.roc_auc)}"
+            + (", outside band" if d.outside_band else "")
+            for d in self.streak
         )
 
 
@@ -69,6 +75,8 @@ def _breaches(result: DayResult, rule: RetrainingRule) -> str | None:
         and result.roc_auc < rule.min_auc_ratio * result.reference_auc
     ):
         return "decay"
+    if rule.outside_band and result.outside_band:
+        return "realized outside the estimate's band"
     return None
 
 

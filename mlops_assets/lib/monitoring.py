@@ -163,14 +163,15 @@ def worst_days(table: pd.DataFrame, column: str, n: int, *, largest: bool) -> pd
 
 def plot_summary(
     drift: pd.DataFrame,
+    estimates: pd.DataFrame,
     performance: pd.DataFrame,
     *,
     date_column: str,
     path: str | Path,
-    flagged: Sequence[pd.Timestamp] = (),
 ) -> Path:
-    """PNG: daily drift share and prediction drift (top), daily ROC AUC and F1 with the actual and
-    predicted positive rates (bottom); `flagged` days marked. Agg canvas, no pyplot state."""
+    """PNG by date: the daily drift statistic against its calibrated threshold, alarms marked
+    (top); the estimated ROC AUC with its band and the realized ROC AUC once labels land, days
+    outside the band marked (bottom). Agg canvas, no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -178,28 +179,88 @@ def plot_summary(
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1, sharex=True)
     if not drift.empty:
-        top.plot(drift[date_column], drift["drift_share"], label="drift share", lw=1.2)
-        top.plot(
-            drift[date_column],
-            drift["prediction_drift_score"],
-            label="prediction drift score",
-            lw=1.0,
+        top.plot(drift[date_column], drift["max_z"], label="largest column z", lw=1.2)
+        top.plot(drift[date_column], drift["threshold"], "--", label="calibrated threshold", lw=1)
+        alarms = drift[drift["alarm"].astype(bool)]
+        top.scatter(alarms[date_column], alarms["max_z"], color="red", label="alarm", zorder=3)
+    top.set_ylabel("drift (z)")
+    top.set_title("Daily drift against the champion's training data")
+    if not estimates.empty:
+        bottom.fill_between(
+            estimates[date_column],
+            estimates["roc_auc_low"],
+            estimates["roc_auc_high"],
+            alpha=0.25,
+            label="estimated ROC AUC band",
         )
-    top.set_ylabel("drift")
-    top.set_title("Daily drift against the reference")
+        bottom.plot(
+            estimates[date_column], estimates["estimated_roc_auc"], label="estimated", lw=1.2
+        )
     if not performance.empty:
-        for name in ("roc_auc", "f1", "positive_rate", "predicted_positive_rate"):
-            bottom.plot(performance[date_column], performance[name], label=name, lw=1.0)
-    bottom.set_ylabel("metric")
-    bottom.set_title("Daily performance of the champion (labelled records)")
+        judged = performance[performance["judged"].astype(bool)]
+        bottom.plot(judged[date_column], judged["roc_auc"], ".", label="realized", ms=4)
+        outside = judged[judged["outside_band"].astype(bool)]
+        bottom.scatter(
+            outside[date_column], outside["roc_auc"], color="red", label="outside band", zorder=3
+        )
+    bottom.set_ylabel("ROC AUC")
+    bottom.set_title("Champion performance: estimated before labels, realized after")
     for axis in (top, bottom):
-        for day in flagged:
-            axis.axvline(day, color="red", alpha=0.25, lw=2)
-        if axis.lines:
+        if axis.lines or axis.collections:
             axis.legend(loc="upper left", fontsize=8)
         axis.grid(alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
+    figure.savefig(path, format="png", dpi=80)
     figure.clear()
     return path
+
+
+def daily_series(
+    drift: pd.DataFrame,
+    estimates: pd.DataFrame,
+    performance: pd.DataFrame,
+    *,
+    date_column: str,
+) -> pd.DataFrame:
+    """One row per monitored day: drift alarm and statistic, estimated and realized ROC AUC."""
+    parts = []
+    for frame, columns in (
+        (drift, ["judged", "alarm", "max_z", "drift_share", "drifted_columns", "domain_auc"]),
+        (estimates, ["estimated_roc_auc", "roc_auc_low", "roc_auc_high"]),
+        (performance, ["roc_auc", "window_days", "outside_band"]),
+    ):
+        if not frame.empty:
+            present = [c for c in columns if c in frame.columns]
+            part = frame.set_index(date_column)[present]
+            if frame is drift:
+                part = part.rename(columns={"judged": "drift_judged"})
+            parts.append(part)
+    if not parts:
+        return pd.DataFrame()
+    table = pd.concat(parts, axis=1).sort_index()
+    table.index = table.index.strftime("%Y-%m-%d")
+    return table.rename_axis(date_column).reset_index()
+
+
+def trailing_window(
+    labelled: pd.DataFrame,
+    *,
+    date_column: str,
+    day: pd.Timestamp,
+    min_records: int,
+    max_days: int,
+) -> tuple[pd.DataFrame, int, bool]:
+    """The records a day is judged on: its own when they reach `min_records`, else those of the
+    shortest trailing window [day - k + 1, day] (k <= `max_days`) that does. Returns the rows,
+    k, and whether they reach `min_records` (if not: the whole max window, to be reported as not
+    judged). Days after `day` are never used."""
+    if max_days < 1:
+        raise ValueError(f"max_days must be >= 1, got {max_days}")
+    day = pd.Timestamp(day)
+    dates = labelled[date_column]
+    for k in range(1, max_days + 1):
+        rows = labelled[(dates > day - pd.Timedelta(days=k)) & (dates <= day)]
+        if len(rows) >= min_records:
+            return rows, k, True
+    return rows, max_days, False

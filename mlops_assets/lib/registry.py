@@ -33,6 +33,7 @@ _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # Model version tags written by training and read downstream.
 THRESHOLD_TAG = "threshold"
 THRESHOLD_POLICY_TAG = "threshold_policy"
+DATA_WINDOW_TAG = "data_window"
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,26 @@ def test_metrics(mlflow_client: MlflowClient, name: str, version: str) -> dict[s
     run_id = mlflow_client.get_model_version(name, version).run_id
     metrics = mlflow_client.get_run(run_id).data.metrics
     return {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
+
+
+def decision_threshold(mlflow_client: MlflowClient, name: str, version: str) -> float:
+    """The version's decision threshold (tag `threshold`): a record is positive at p >= it."""
+    return ref_of(mlflow_client.get_model_version(name, version)).decision_threshold
+
+
+def data_window(mlflow_client: MlflowClient, name: str, version: str) -> tuple[dt.date, dt.date]:
+    """First and last day (inclusive) of the data the version was trained on (tag
+    `data_window`, "YYYY-MM-DD..YYYY-MM-DD", set when the model is registered)."""
+    value = mlflow_client.get_model_version(name, version).tags.get(DATA_WINDOW_TAG)
+    if not value:
+        raise ValueError(f"{name} version {version} has no {DATA_WINDOW_TAG!r} tag")
+    try:
+        first, last = (dt.date.fromisoformat(part) for part in value.split(".."))
+    except ValueError:
+        raise ValueError(
+            f"{name} version {version}: data_window {value!r} is not YYYY-MM-DD..YYYY-MM-DD"
+        ) from None
+    return first, last
 
 
 def load_pipeline(ref: ModelRef, tracking_uri: str) -> Any:

@@ -83,6 +83,11 @@ class FeatureSpec(_Strict):
     kind: Literal["categorical", "numeric"]
     expression: str = Field(description="DuckDB SQL over validated columns and lookups.")
     max_null_rate: float | None = None
+    role: Literal["calendar"] | None = Field(
+        default=None,
+        description="calendar: constant within a day by construction (a weekday); a model input, "
+        "but never tested for drift, where a daily batch would always differ from the reference.",
+    )
 
 
 class TargetSpec(_Strict):
@@ -209,6 +214,15 @@ class DatasetSpec(_Strict):
     @property
     def numeric_features(self) -> list[str]:
         return [n for n, f in self.features.items() if f.kind == "numeric"]
+
+    @property
+    def drift_features(self) -> tuple[list[str], list[str]]:
+        """(numeric, categorical) features tested for drift: all but the calendar ones."""
+        tested = {n for n, f in self.features.items() if f.role != "calendar"}
+        return (
+            [n for n in self.numeric_features if n in tested],
+            [n for n in self.categorical_features if n in tested],
+        )
 
     def resolve(self, path: str) -> Path:
         """A source path as a file: `package://pkg/rel` inside an installed package, else a path."""

@@ -87,3 +87,23 @@ def test_relative_drops_know_which_way_is_better():
     assert set(flagged) == {"roc_auc", "brier"}
     assert flagged["roc_auc"] == pytest.approx(-0.125) and flagged["brier"] == pytest.approx(-0.2)
     assert relative_drops(day, reference, ["roc_auc"], 0.2) == {}
+
+
+def test_a_thin_day_is_judged_on_the_shortest_trailing_window_that_is_enough():
+    from mlops_assets.lib.monitoring import trailing_window
+
+    days = pd.date_range("2024-01-01", periods=10)
+    labelled = pd.DataFrame({"d": np.repeat(days, 24)})  # 24 labelled records a day
+    rows, k, enough = trailing_window(
+        labelled, date_column="d", day=days[9], min_records=100, max_days=7
+    )
+    assert (k, enough, len(rows)) == (5, True, 120)
+    assert rows["d"].min() == days[5] and rows["d"].max() == days[9]  # never a later day
+    rows, k, enough = trailing_window(
+        labelled, date_column="d", day=days[2], min_records=100, max_days=7
+    )
+    assert (k, enough, len(rows)) == (7, False, 72)  # only 3 days exist before: not judged
+    rows, k, enough = trailing_window(
+        labelled, date_column="d", day=days[2], min_records=24, max_days=7
+    )
+    assert (k, enough, len(rows)) == (1, True, 24)
