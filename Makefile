@@ -2,6 +2,9 @@
 export DAGSTER_HOME := $(CURDIR)
 # One "planned" event per asset for a range run, not one per day and asset (see README).
 export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
+# A range run's per-day materializations of a step stored in one transaction per shard, not one
+# per event (mlops_assets/event_log.py, configured in dagster.yaml).
+export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 # Before any Dagster command: create the instance's storage once (concurrent first runs would race)
