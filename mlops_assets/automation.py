@@ -52,7 +52,7 @@ def _value(metadata, key: str) -> float | None:
 
 
 MONITORED = (
-    ("drift_report", ("drift_share",)),
+    ("drift_report", ("alarm", "drift_share")),
     ("performance", ("roc_auc", "reference_roc_auc", "outside_band")),
 )
 
@@ -82,6 +82,7 @@ def day_results(days: dict) -> list[DayResult]:
     return [
         DayResult(
             dt.date.fromisoformat(day),
+            drift_alarm=bool(values["alarm"]) if values.get("alarm") is not None else None,
             drift_share=values.get("drift_share"),
             roc_auc=values.get("roc_auc"),
             reference_auc=values.get("reference_roc_auc"),
@@ -126,7 +127,7 @@ def build_retraining_sensor(
         job_name=job_name,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        description=f"Retrain when drift share > {rule.max_drift_share} or ROC AUC < "
+        description="Retrain when the calibrated drift check alarms, or ROC AUC < "
         f"{rule.min_auc_ratio} x the test ROC AUC on {rule.consecutive_days} consecutive days; "
         f"cooldown {rule.cooldown_days} days; trains on the latest {rule.window_days} days.",
     )

@@ -17,7 +17,7 @@ from mlops_assets.automation import (
 from mlops_assets.lib.automation import RetrainingRule
 from mlops_assets_tests.conftest import SAMPLE_DAYS
 
-RULE = RetrainingRule(max_drift_share=0.3, consecutive_days=3, cooldown_days=10, window_days=30)
+RULE = RetrainingRule(consecutive_days=3, cooldown_days=10, window_days=30)
 sensor = build_retraining_sensor(RULE)
 
 
@@ -25,7 +25,10 @@ def report_day(instance, day: dt.date, drift: float, auc: float = 0.70) -> None:
     partition = day.isoformat()
     instance.report_runless_asset_event(
         dg.AssetMaterialization(
-            "drift_report", partition=partition, metadata={"drift_share": drift}
+            # A drift share above 0.3 stands for a day whose calibrated drift check alarmed.
+            "drift_report",
+            partition=partition,
+            metadata={"drift_share": drift, "alarm": drift > 0.3},
         )
     )
     instance.report_runless_asset_event(
@@ -54,7 +57,7 @@ def test_drift_streak_requests_retraining_once_then_cools_down(instance):
     assert isinstance(request, dg.RunRequest)
     assert request.run_key == "retrain-2013-09-04"
     assert request.tags[RETRAIN_REASON_TAG] == "drift on 3 consecutive days to 2013-09-04"
-    assert "2013-09-02: drift 0.400" in request.tags["mlops/retrain_evidence"]
+    assert "2013-09-02: drift alarm (share 0.400)" in request.tags["mlops/retrain_evidence"]
     window = request.run_config["ops"]["training_set"]["config"]
     assert window == {"start": "2013-08-06", "end": "2013-09-04"}
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 class RetrainingRule:
     """Retrain after `consecutive_days` days in a row of drift or decay, then not for a while.
 
-    A day drifts when its drift share exceeds `max_drift_share`; it decays when its ROC AUC is
+    A day drifts when its drift check alarms (thresholds calibrated on the champion's own training
+    days, lib.drift_calibration: about 1-2% of unchanged days alarm); it decays when its ROC AUC is
     below `min_auc_ratio` x the serving model's test ROC AUC (its reference); its relation between
     features and label moved when, with `outside_band` on, its realized ROC AUC fell outside the
     band of its label-free estimate (lib.cbpe). After a retraining,
@@ -18,7 +19,6 @@ class RetrainingRule:
     the rule behaves the same in replay as live.
     """
 
-    max_drift_share: float = 0.35
     min_auc_ratio: float = 0.92
     consecutive_days: int = 7
     cooldown_days: int = 30
@@ -33,6 +33,8 @@ class RetrainingRule:
 @dataclass(frozen=True)
 class DayResult:
     day: dt.date
+    drift_alarm: bool | None = None
+    # The share of drifted columns, shown in the evidence (the alarm decides).
     drift_share: float | None = None
     roc_auc: float | None = None
     reference_auc: float | None = None
@@ -56,8 +58,8 @@ class RetrainDecision:
 
     def evidence(self) -> str:
         return "; ".join(
-            f"{d.day}: drift {_fmt(d.drift_share)}, auc {_fmt(d.roc_auc)}"
-            + (", outside band" if d.outside_band else "")
+            f"{d.day}: drift {'alarm' if d.drift_alarm else 'none'} (share {_fmt(d.drift_share)}), "
+            f"auc {_fmt(d.roc_auc)}" + (", outside band" if d.outside_band else "")
             for d in self.streak
         )
 
@@ -67,7 +69,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _breaches(result: DayResult, rule: RetrainingRule) -> str | None:
-    if result.drift_share is not None and result.drift_share > rule.max_drift_share:
+    if result.drift_alarm:
         return "drift"
     if (
         result.roc_auc is not None

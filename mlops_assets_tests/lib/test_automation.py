@@ -4,14 +4,21 @@ import pytest
 
 from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule, replay_rule
 
-RULE = RetrainingRule(max_drift_share=0.3, min_auc_ratio=0.9, consecutive_days=3, cooldown_days=10)
+RULE = RetrainingRule(min_auc_ratio=0.9, consecutive_days=3, cooldown_days=10)
 JULY = dt.date(2013, 7, 1)
 
 
 def days(drifts, aucs=None, start=JULY):
     aucs = aucs or [None] * len(drifts)
     return [
-        DayResult(start + dt.timedelta(days=i), drift, auc, 0.70)
+        # A drift share above 0.3 stands for a day whose drift check alarmed.
+        DayResult(
+            start + dt.timedelta(days=i),
+            drift_alarm=drift > 0.3,
+            drift_share=drift,
+            roc_auc=auc,
+            reference_auc=0.70,
+        )
         for i, (drift, auc) in enumerate(zip(drifts, aucs, strict=True))
     ]
 
@@ -20,7 +27,7 @@ def test_a_streak_of_drift_triggers_with_its_evidence():
     decision = evaluate_rule(days([0.1, 0.4, 0.5, 0.6]), RULE, last_retrain=None)
     assert decision.retrain and decision.reason.startswith("drift on 3 consecutive days")
     assert decision.last_day == dt.date(2013, 7, 4)
-    assert "2013-07-02: drift 0.400" in decision.evidence()
+    assert "2013-07-02: drift alarm (share 0.400)" in decision.evidence()
     assert decision.training_window(RetrainingRule(window_days=90))[0] == dt.date(2013, 4, 6)
 
 
