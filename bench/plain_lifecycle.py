@@ -186,7 +186,9 @@ def build_data(data_dir: Path, wh: Warehouse, start: dt.date, end: dt.date) -> p
     result = validation.validate_records(raw, SPEC, start, after)
     limits = {n: c.max_null_rate for n, c in SPEC.columns.items() if c.max_null_rate is not None}
     null_over = {
-        n: r for n, r in quality.null_rates(result.valid, list(limits)).items() if r > limits[n]
+        n: r
+        for n, r in quality.null_rates(result.valid, list(limits), DATE).items()
+        if r > limits[n]
     }
     schema_problems = quality.schema_mismatches(
         result.valid, {n: c.type for n, c in SPEC.columns.items()}
@@ -206,7 +208,7 @@ def build_data(data_dir: Path, wh: Warehouse, start: dt.date, end: dt.date) -> p
             sources.read_all(staged_lookup), lookup.columns, lookup.join_on
         )
     frame = features.build_features(result.valid, lookups, SPEC)[features.feature_columns(SPEC)]
-    feature_nulls = quality.null_rates(frame, list(SPEC.features))
+    feature_nulls = quality.null_rates(frame, list(SPEC.features), DATE)
     wh.write("features", frame)
     say(
         f"   {len(raw)} records, {len(result.quarantined)} quarantined, {duplicates} duplicates, "
@@ -470,7 +472,7 @@ def monitor(
         if day not in by_day.groups:
             continue
         rows = by_day.get_group(day)
-        metrics = monitoring.daily_performance(rows, label=LABEL)
+        metrics = monitoring.daily_performance(rows, label=LABEL, threshold=champion["threshold"])
         if metrics is None:
             continue
         drops = {}

@@ -211,7 +211,13 @@ def evaluation(
         context.log.info(gate.message)
 
     yield dg.Output(
-        summary,
+        lib.EvaluationResult(
+            model_version=model.version,
+            threshold=float(threshold),
+            metrics={k: float(v) for k, v in metrics.items()},
+            gates={g.name: bool(g.passed) for g in verdicts},
+            report=summary,
+        ),
         metadata={
             **{k: float(v) for k, v in metrics.items()},
             **{f"logistic_regression_{k}": float(v) for k, v in baseline.items()},

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mlops_assets.metadata import table_metadata
+from mlops_assets.metadata import null_rate_check, table_metadata
 from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource
 
@@ -28,7 +28,6 @@ FEATURE_NULL_CHECK = "check_feature_null_rates"
 def features(context: dg.AssetExecutionContext, source: DatasetSource, validated_records):
     """One row per validated record: date, key, features from the specification, label."""
     from mlops_assets.lib.features import build_features, feature_columns
-    from mlops_assets.lib.quality import null_rates
     from mlops_assets.lib.validation import validate_lookup
 
     spec = dataset_spec
@@ -53,15 +52,8 @@ def features(context: dg.AssetExecutionContext, source: DatasetSource, validated
         },
     )
 
-    rates = null_rates(frame, list(spec.features))
     limits = {
         name: f.max_null_rate if f.max_null_rate is not None else spec.quality.max_null_rate
         for name, f in spec.features.items()
     }
-    over = sorted(name for name, rate in rates.items() if rate > limits[name])
-    yield dg.AssetCheckResult(
-        check_name=FEATURE_NULL_CHECK,
-        passed=not over,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={**{f"null_rate/{c}": r for c, r in rates.items()}, "over_limit": ", ".join(over)},
-    )
+    yield null_rate_check(FEATURE_NULL_CHECK, frame, limits, spec.date.column)

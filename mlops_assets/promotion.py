@@ -50,7 +50,7 @@ def champion_model(
                 mlflow.model_name,
                 challenger.version,
                 reason=reason,
-                evidence={"evaluation": evaluation["metrics"]},
+                evidence={"evaluation": evaluation.metrics, "gates": evaluation.gates},
                 run_id=context.run_id,
                 schema=dataset_spec.name,
             )

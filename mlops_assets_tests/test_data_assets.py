@@ -51,7 +51,18 @@ def test_a_week_runs_as_one_run_into_duckdb(make_resources, sample_csv, instance
     expected = {f"01-0{d}": ROWS_PER_DAY for d in range(1, 8)}
     for table in ("raw_records", "validated_records", "features"):
         assert daily_counts(resources, table) == expected
-    assert all(check_results(result).values()), check_results(result)
+    # The sample's Jan 6 is real: the weather of 7 of its 30 flights is missing. Judged per day,
+    # not pooled over the week, that is over the features' 5% and warns.
+    checks = check_results(result)
+    assert checks.pop(features.FEATURE_NULL_CHECK) is False
+    assert all(checks.values()), checks
+    (feature_check,) = [
+        e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        and e.asset_check_evaluation_data.check_name == features.FEATURE_NULL_CHECK
+    ]
+    assert "temp: 23% null on 2013-01-06 (limit 5%)" in feature_check.metadata["problems"].value
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         types = dict(con.execute("DESCRIBE flights.features").fetchall()[i][:2] for i in range(17))
     assert types["flight_date"].startswith("TIMESTAMP") and types["temp"] == "DOUBLE"
@@ -216,3 +227,45 @@ def test_loading_the_code_location_imports_no_heavy_library():
         [sys.executable, "-W", "ignore", "-c", check], capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_each_data_check_fails_on_the_data_it_guards(
+    make_resources, flights_rows, tmp_path, instance
+):
+    """A delivery with a missing day, a copied record, too many null tail numbers and flights
+    whose hour has no weather, stored anyway by configuration: every check it breaks says so."""
+    rows = [dict(r) for r in flights_rows if (r["month"], r["day"]) != ("1", "3")]
+    jan_2 = [r for r in rows if (r["month"], r["day"]) == ("1", "2")]
+    for row in jan_2[:12]:  # 12 of 30: over tailnum's max_null_rate 0.3
+        row["tailnum"] = ""
+    for row in jan_2:  # an hour the weather station never reported: no weather joins
+        row["time_hour"] = "2013-01-02 03:33:00"
+    rows.append(dict(jan_2[-1]))
+    resources = make_resources(write_csv(tmp_path / "bad.csv", rows))
+    result = dg.materialize(
+        DATA_ASSETS,
+        tags=range_tags("2013-01-01", "2013-01-04"),
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"raw_records": {"config": {"accept_refused_delivery": True}}}},
+    )
+    assert result.success
+    assert check_results(result) == {
+        ingestion.ROW_COUNT_CHECK: False,
+        ingestion.DUPLICATE_KEY_CHECK: False,
+        validation.QUARANTINE_SHARE_CHECK: True,  # the copy is 1 of 92 records
+        validation.NULL_RATE_CHECK: False,
+        validation.SCHEMA_CHECK: True,
+        features.FEATURE_NULL_CHECK: False,
+    }
+    checks = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.metadata
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    }
+    assert checks[ingestion.ROW_COUNT_CHECK]["failed_days"].value == 1
+    assert checks[ingestion.DUPLICATE_KEY_CHECK]["duplicate_records"].value == 1
+    assert checks[validation.NULL_RATE_CHECK]["over_limit"].value == "tailnum"
+    assert checks[features.FEATURE_NULL_CHECK]["over_limit"].value == (
+        "dewp, humid, precip, pressure, temp, visib, wind_speed"
+    )

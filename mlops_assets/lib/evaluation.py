@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,22 @@ LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 
 
 PLOT_NAMES = ("confusion_matrix", "roc_curve", "pr_curve", "calibration_curve")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What the evaluation asset hands on: the version judged, its test metrics at its threshold,
+    and each gate's verdict (`report` is the whole summary written to metrics.json)."""
+
+    model_version: str
+    threshold: float
+    metrics: dict[str, float]
+    gates: dict[str, bool]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gates_passed(self) -> bool:
+        return bool(self.gates) and all(self.gates.values())
 
 
 def _labels(y_true: Any) -> np.ndarray:

@@ -76,23 +76,19 @@ def daily_performance(
     scored: pd.DataFrame,
     *,
     label: str,
+    threshold: float,
     probability: str = "probability",
-    threshold: str = "threshold",
 ) -> dict[str, float] | None:
-    """lib.evaluation metrics of one day's labelled records; None when no record has a label.
-
-    Decisions are taken at the threshold stored with the rows (one model version's rows, so one
-    value). Records without a label (e.g. cancelled flights) are scored but left out here.
+    """lib.evaluation metrics of one model version's labelled records, decided at its threshold;
+    None when no record has a label. Records without a label (e.g. cancelled flights) are scored
+    but left out here.
     """
 
     labelled = scored[scored[label].notna()]
     if labelled.empty:
         return None
-    thresholds = labelled[threshold].unique()
-    if len(thresholds) != 1:
-        raise ValueError(f"one day's rows must share one threshold, got {sorted(thresholds)}")
     metrics = classification_metrics(
-        labelled[label].to_numpy(dtype=np.int64), labelled[probability], float(thresholds[0])
+        labelled[label].to_numpy(dtype=np.int64), labelled[probability], threshold
     )
     return {**metrics, "n_scored": len(scored)}
 

@@ -72,10 +72,14 @@ def null_rate_problems(
     ]
 
 
-def null_rates(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+def null_rates(frame: pd.DataFrame, columns: list[str], date_column: str) -> dict[str, float]:
+    """Each column's share of nulls on its worst day: limits are daily, and one bad day must not
+    hide among the good ones of a backfilled range."""
     if frame.empty:
         return dict.fromkeys(columns, 0.0)
-    return {c: float(frame[c].isna().mean()) for c in columns}
+    days = pd.to_datetime(frame[date_column]).dt.normalize()
+    worst = frame[list(columns)].isna().groupby(days).mean().max()
+    return {c: float(worst[c]) for c in columns}
 
 
 def schema_mismatches(frame: pd.DataFrame, expected: dict[str, str]) -> list[str]:

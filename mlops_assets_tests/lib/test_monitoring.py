@@ -69,15 +69,13 @@ def test_constant_within_batches_finds_calendar_like_columns():
 
 
 def test_daily_performance_leaves_out_unlabelled_records():
-    scored = pd.DataFrame(
-        {"y": [1, 0, np.nan, 1], "probability": [0.9, 0.2, 0.7, 0.4], "threshold": 0.5}
-    )
-    metrics = daily_performance(scored, label="y")
+    scored = pd.DataFrame({"y": [1, 0, np.nan, 1], "probability": [0.9, 0.2, 0.7, 0.4]})
+    metrics = daily_performance(scored, label="y", threshold=0.5)
     assert metrics["n"] == 3 and metrics["n_scored"] == 4
     assert metrics["accuracy"] == pytest.approx(2 / 3)
-    # At the rows' own threshold 0.3 the third labelled record (0.4) becomes a hit.
-    assert daily_performance(scored.assign(threshold=0.3), label="y")["accuracy"] == 1.0
-    assert daily_performance(scored.assign(y=np.nan), label="y") is None
+    # At the model's threshold 0.3 the third labelled record (0.4) becomes a hit.
+    assert daily_performance(scored, label="y", threshold=0.3)["accuracy"] == 1.0
+    assert daily_performance(scored.assign(y=np.nan), label="y", threshold=0.5) is None
 
 
 def test_relative_drops_know_which_way_is_better():

@@ -132,3 +132,17 @@ def test_features_join_the_weather_at_the_scheduled_hour(raw_day):
     assert (by_key[delays > 15] == 1).all() and (by_key[delays <= 15] == 0).all()
     assert str(features["is_delayed"].dtype) == "Int64"
     assert features["day_of_week"].eq(2).all()  # 2013-01-01 was a Tuesday
+
+
+def test_schema_mismatches_name_the_missing_and_mistyped_columns():
+    import pandas as pd
+
+    from mlops_assets.lib.quality import schema_mismatches
+
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"], "c": pd.to_datetime(["2013-01-01"] * 2)})
+    expected = {"a": "int", "b": "float", "c": "timestamp", "d": "string"}
+    assert schema_mismatches(frame, expected) == [
+        "missing column 'd'",
+        "b: expected float, got object",
+    ]
+    assert schema_mismatches(frame, {"a": "int", "c": "timestamp"}) == []
