@@ -38,6 +38,7 @@ sys.modules["mlops_assets"] = _stub
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from flights_data import validated_lookups  # noqa: E402
 
 from mlops_assets.lib import features, modeling, sources, validation  # noqa: E402
 from mlops_assets.lib.ab_testing.assignment import arms_of_encoded, encode_keys  # noqa: E402
@@ -68,17 +69,7 @@ def load_features(cache: Path) -> pd.DataFrame:
     valid = validation.validate_records(
         sources.read_dates(staged, DATE, start, after), SPEC, start, after
     ).valid
-    lookups = {}
-    for name, lookup in SPEC.lookups.items():
-        path = sources.stage_csv(
-            SPEC.resolve(lookup.path),
-            cache,
-            required_columns=list(lookup.columns),
-            null_values=lookup.null_values,
-        )
-        lookups[name], _ = validation.validate_lookup(
-            sources.read_all(path), lookup.columns, lookup.join_on
-        )
+    lookups = validated_lookups(SPEC, cache)
     return features.build_features(valid, lookups, SPEC)[features.feature_columns(SPEC)]
 
 

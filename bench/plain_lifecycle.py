@@ -75,6 +75,7 @@ import mlflow  # noqa: E402
 import mlflow.sklearn  # noqa: E402
 import pandas as pd  # noqa: E402
 import sklearn.ensemble  # noqa: E402, F401
+from flights_data import validated_lookups  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
 from mlops_assets.lib import (  # noqa: E402
@@ -196,17 +197,7 @@ def build_data(data_dir: Path, wh: Warehouse, start: dt.date, end: dt.date) -> p
     wh.write("validated_records", result.valid)
     wh.write("quarantined_records", result.quarantined)
 
-    lookups = {}
-    for name, lookup in SPEC.lookups.items():
-        staged_lookup = sources.stage_csv(
-            SPEC.resolve(lookup.path),
-            cache,
-            required_columns=list(lookup.columns),
-            null_values=lookup.null_values,
-        )
-        lookups[name], _ = validation.validate_lookup(
-            sources.read_all(staged_lookup), lookup.columns, lookup.join_on
-        )
+    lookups = validated_lookups(SPEC, cache)
     frame = features.build_features(result.valid, lookups, SPEC)[features.feature_columns(SPEC)]
     feature_nulls = quality.null_rates(frame, list(SPEC.features), DATE)
     wh.write("features", frame)
