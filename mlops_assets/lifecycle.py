@@ -85,6 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     quiet = not (args.verbose or os.environ.get(VERBOSE_ENV))
     if quiet:
+        # MLflow sets its loggers' level from this variable when it is imported (later, inside
+        # the assets), overriding a level set here.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         # Dagster flags parameters this project relies on (`backfill_policy` for single-run
         # backfills, `pool`, dagster-mlflow) as beta or preview on every definition: nothing a
