@@ -20,7 +20,9 @@ from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import data_dir
 
 VERBOSE_ENV = "MLOPS_VERBOSE"
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The terminal keeps one line per stage: Dagster's events, warnings included, stay in the run
+# storage (the UI); a failure is summed up by `failure_reasons`, without Dagster's stack traces.
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def say(message: str) -> None:
@@ -64,9 +66,29 @@ def run_job(
     elapsed = time.perf_counter() - began
     if not result.success:
         say(f" FAILED after {elapsed:.0f} s (run {result.run_id}); see `make dev` or run with -v")
+        for reason in failure_reasons(result):
+            say(f"   {reason}")
         sys.exit(1)
     say(f" done in {elapsed:.0f} s (run {result.run_id[:8]})")
     return result
+
+
+def failure_reasons(result) -> list[str]:
+    """Why a run failed, in a user's words: each failed check's verdict, each step's error."""
+    reasons = []
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            check = event.asset_check_evaluation_data
+            if not check.passed and check.description:
+                reasons.append(check.description)
+        elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            error = event.step_failure_data.error
+            data = event.step_failure_data.user_failure_data
+            message = (
+                data.description if data and data.description else error.message if error else ""
+            )
+            reasons.append(f"{event.step_key}: {message.strip()}")
+    return reasons
 
 
 def metadata(result, asset: str) -> dict:
