@@ -109,7 +109,7 @@ def main() -> None:
     if quiet:
         # MLflow sets its loggers' level from this variable when it is imported (later, inside
         # the assets), overriding a level set here.
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         # Dagster flags parameters this project relies on (`backfill_policy` for single-run
         # backfills, `pool`, dagster-mlflow) as beta or preview on every definition: nothing a

@@ -305,7 +305,10 @@ def model(
             }
         )
         X_train, _ = modeling.features_and_label(train, categorical, numeric, label)
+        # Integer columns declared as doubles: a NULL at serving time arrives as NaN, which an
+        # integer column of the signature would refuse (and MLflow warns about it).
         example = X_train.head(5)
+        example = example.astype({c: "float64" for c in example.select_dtypes("integer")})
         logged = mlflow_api.sklearn.log_model(
             fitted,
             name="model",
