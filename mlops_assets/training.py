@@ -2,6 +2,7 @@
 
 import datetime as dt
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -309,12 +310,17 @@ def model(
         # integer column of the signature would refuse (and MLflow warns about it).
         example = X_train.head(5)
         example = example.astype({c: "float64" for c in example.select_dtypes("integer")})
+        with warnings.catch_warnings():
+            # The served `prediction` is an integer 0/1 that is never missing: MLflow's hint about
+            # integer columns and missing values does not apply to it.
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+            # Served output: per record the probability and the decision at the threshold.
+            signature = infer_signature(example, fitted.predict(example))
         logged = mlflow_api.sklearn.log_model(
             fitted,
             name="model",
             registered_model_name=mlflow.model_name,
-            # Served output: per record the probability and the decision at the threshold.
-            signature=infer_signature(example, fitted.predict(example)),
+            signature=signature,
             input_example=example,
             skops_trusted_types=[
                 *modeling.skops_trusted_types(config.estimator),
