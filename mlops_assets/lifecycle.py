@@ -41,10 +41,13 @@ def run_job(
     config=None,
     tags=None,
     assets=None,
+    refusable: bool = False,
 ):
     """Execute a job in this process on the instance, over a partition range when given.
 
     The terminal shows one line per stage; every event still goes to the run storage (the UI).
+    A failed run ends the lifecycle, unless `refusable` and only blocking checks failed (the
+    platform refusing a model, not breaking): then the result is returned.
     """
     tags = dict(tags or {})
     if quiet:
@@ -64,6 +67,9 @@ def run_job(
         asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
     )
     elapsed = time.perf_counter() - began
+    if not result.success and refusable and refused_by_checks(result):
+        say(f" refused by its checks after {elapsed:.0f} s (run {result.run_id[:8]})")
+        return result
     if not result.success:
         say(f" FAILED after {elapsed:.0f} s (run {result.run_id}); see `make dev` or run with -v")
         for reason in failure_reasons(result):
@@ -71,6 +77,16 @@ def run_job(
         sys.exit(1)
     say(f" done in {elapsed:.0f} s (run {result.run_id[:8]})")
     return result
+
+
+def refused_by_checks(result) -> bool:
+    """Whether every failed step failed because a blocking asset check did not pass."""
+    failures = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    return bool(failures) and all(
+        e.step_failure_data.error is not None
+        and e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+        for e in failures
+    )
 
 
 def failure_reasons(result) -> list[str]:
@@ -83,6 +99,8 @@ def failure_reasons(result) -> list[str]:
                 reasons.append(check.description)
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = event.step_failure_data.error
+            if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
+                continue  # the failed checks' verdicts say why
             data = event.step_failure_data.user_failure_data
             message = (
                 data.description if data and data.description else error.message if error else ""
@@ -183,23 +201,43 @@ def main() -> None:
             ab_start = monitor_start
             config = {"ops": {"model": {"config": {"estimator": "random_forest"}}}}
             tags, title = {}, "train a random-forest challenger"
-        run_job(defs, instance, "training_job", title, quiet=quiet, config=config, tags=tags)
-        run_job(
+        challenger = run_job(
             defs,
             instance,
-            "monitoring_job",
-            f"shadow-score champion and challenger, A/B outcomes: {ab_start}..{monitor_end}",
+            "training_job",
+            title,
             quiet=quiet,
-            start=ab_start,
-            end=monitor_end,
-            assets=["predictions", "ab_outcomes"],
+            config=config,
+            tags=tags,
+            refusable=True,
         )
-        ab = run_job(defs, instance, "ab_job", "A/B test and promotion decision", quiet=quiet)
-        results = metadata(ab, "ab_results")
-        promotion = metadata(ab, "ab_promotion")
+        if challenger.success:
+            run_job(
+                defs,
+                instance,
+                "monitoring_job",
+                f"shadow-score champion and challenger, A/B outcomes: {ab_start}..{monitor_end}",
+                quiet=quiet,
+                start=ab_start,
+                end=monitor_end,
+                assets=["predictions", "ab_outcomes"],
+            )
+            ab = run_job(defs, instance, "ab_job", "A/B test and promotion decision", quiet=quiet)
+            results = metadata(ab, "ab_results")
+            champion_version = metadata(ab, "ab_promotion")["champion_version"]
+            experiment = results["experiment"]
+            ab_decision = f"{results['decision']}: {results['status']}"
+        else:
+            reasons = failure_reasons(challenger)
+            for reason in reasons:
+                say(f"   {reason}")
+            say("   the champion stays; no A/B test for a challenger its gates refused")
+            champion_version = metadata(trained, "champion_model")["champion_version"]
+            experiment = "none"
+            ab_decision = "not run: the challenger failed its evaluation gates"
 
     summary = {
-        "champion version": promotion["champion_version"],
+        "champion version": champion_version,
         "first model, test ROC AUC": round(evaluation["roc_auc"], 4),
         "first model, test accuracy": round(evaluation["accuracy"], 4),
         "first model, threshold": (
@@ -210,8 +248,8 @@ def main() -> None:
             f"{evaluation['operating_point/naive_objective']:.4f})"
         ),
         "retraining sensor (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
-        "A/B experiment": results["experiment"],
-        "A/B decision": f"{results['decision']}: {results['status']}",
+        "A/B experiment": experiment,
+        "A/B decision": ab_decision,
         "reports": f"{data_dir() / 'reports'} (evaluation/, drift/, ab/, monitoring/)",
         "elapsed": f"{time.perf_counter() - began:.0f} s",
     }
