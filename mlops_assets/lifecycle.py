@@ -102,9 +102,12 @@ def failure_reasons(result) -> list[str]:
             if error is not None and error.cls_name == "DagsterAssetCheckFailedError":
                 continue  # the failed checks' verdicts say why
             data = event.step_failure_data.user_failure_data
-            message = (
-                data.description if data and data.description else error.message if error else ""
-            )
+            if data and data.description:
+                message = data.description
+            else:
+                while error is not None and error.cause is not None:  # Dagster wraps the error
+                    error = error.cause
+                message = error.message if error else "unknown error"
             reasons.append(f"{event.step_key}: {message.strip()}")
     return reasons
 
