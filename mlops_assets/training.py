@@ -290,7 +290,11 @@ def model(
         context.log.info(f"calibration: {calibration.reason}")
         proba_val = calibration.model.predict_proba(X_val)[:, 1]
         threshold = decision.choose_threshold(y_val, proba_val, policy)
-        fitted = served.ThresholdedModel(calibration.model, threshold)
+        fitted = served.ThresholdedModel(
+            calibration.model,
+            threshold,
+            categories={c: train[c].dropna().unique().tolist() for c in categorical},
+        )
         validation_metrics = classification_metrics(y_val, proba_val, threshold)
         mlflow_api.log_params(
             {

@@ -452,6 +452,11 @@ def test_cli_backfills_days_and_trains_a_registered_champion(cli_lifecycle):
 # 3. Serving the champion with MLflow's own scoring server.
 
 
+def split_body(frame) -> dict:
+    """The JSON a client would send (pandas writes NaN as null)."""
+    return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+
+
 def test_mlflow_serves_the_champion(cli_lifecycle):
     data = cli_lifecycle["data"]
     columns = dataset_spec.categorical_features + dataset_spec.numeric_features
@@ -460,8 +465,7 @@ def test_mlflow_serves_the_champion(cli_lifecycle):
             f"SELECT {', '.join(columns)} FROM {dataset_spec.name}.features "
             f"ORDER BY {', '.join(dataset_spec.key)} LIMIT 2"
         ).df()
-    # pandas writes NaN as null: the JSON a client would send.
-    body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    body = split_body(rows)
 
     # `mlflow models serve -m models:/flights_model@champion`, started once training finished.
     server, port = cli_lifecycle["serving"]
@@ -476,7 +480,20 @@ def test_mlflow_serves_the_champion(cli_lifecycle):
     predictions = response.json()["predictions"]
     # Per row the probability and the decision at the champion's own threshold.
     assert len(predictions) == 2, predictions
-    assert all(set(row) == {"probability", "prediction"} for row in predictions), predictions
+    columns_served = {"probability", "prediction", "unknown_categories"}
+    assert all(set(row) == columns_served for row in predictions), predictions
+    assert [row["unknown_categories"] for row in predictions] == [0, 0]
+
+    # A carrier training never saw is scored and counted; a record with nothing is refused.
+    unseen = rows.head(1).assign(carrier="ZZ")
+    response = requests.post(f"{url}/invocations", json=split_body(unseen), timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["unknown_categories"] == 1
+    nothing = rows.head(1).astype(object)
+    nothing.loc[:, :] = None  # every feature null
+    response = requests.post(f"{url}/invocations", json=split_body(nothing), timeout=60)
+    assert response.status_code == 400, response.text
+    assert "every feature missing" in response.json()["message"]
 
     server.stop()
     server.assert_stopped()

@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 PROBABILITY = "probability"
 PREDICTION = "prediction"
+UNKNOWN_CATEGORIES = "unknown_categories"
 
 # What skops must trust beyond a pipeline's own types to load a ThresholdedModel (measured with
 # skops.io.get_untrusted_types on sigmoid- and isotonic-calibrated pipelines): this class itself,
@@ -31,11 +32,19 @@ TRUSTED_TYPES = (
 
 
 class ThresholdedModel(ClassifierMixin, BaseEstimator):
-    """`estimator` (a fitted Pipeline, or CalibratedClassifierCV around it) and `threshold`."""
+    """`estimator` (a fitted Pipeline, or CalibratedClassifierCV around it), `threshold`, and
+    `categories`: each categorical feature's values seen in training (served records with other
+    values are scored, as the encoder's "unknown", and counted in the response)."""
 
-    def __init__(self, estimator: Any = None, threshold: float = 0.0):
+    def __init__(
+        self,
+        estimator: Any = None,
+        threshold: float = 0.0,
+        categories: dict[str, list] | None = None,
+    ):
         self.estimator = estimator
         self.threshold = threshold
+        self.categories = categories
 
     @property
     def classes_(self) -> np.ndarray:
@@ -67,12 +76,38 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(np.int64)
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Per record, the positive-class probability and the decision at the threshold (what
-        `mlflow models serve` returns)."""
+        """Per record, the positive-class probability, the decision at the threshold and how many
+        of its categorical values training never saw (what `mlflow models serve` returns).
+
+        A record with every feature missing has nothing to be scored on: the request is refused
+        with the records named (MLflow answers 400), rather than answered with the base rate.
+        """
+        empty = np.flatnonzero(X.isna().all(axis=1).to_numpy())
+        if len(empty):
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(
+                f"{len(empty)} record(s) have every feature missing, nothing to score: "
+                f"rows {empty[:20].tolist()}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         proba = self.predict_proba(X)[:, 1]
         return pd.DataFrame(
-            {PROBABILITY: proba, PREDICTION: (proba >= self.threshold).astype(np.int64)}
+            {
+                PROBABILITY: proba,
+                PREDICTION: (proba >= self.threshold).astype(np.int64),
+                UNKNOWN_CATEGORIES: self.unknown_categories(X),
+            }
         )
+
+    def unknown_categories(self, X: pd.DataFrame) -> np.ndarray:
+        """Per record, the categorical values (not missing) outside those seen in training."""
+        counts = np.zeros(len(X), dtype=np.int64)
+        for column, known in (self.categories or {}).items():
+            values = X[column]
+            counts += (values.notna() & ~values.isin(known)).to_numpy(dtype=np.int64)
+        return counts
 
     def score(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> float:
         from sklearn.metrics import accuracy_score
