@@ -5,16 +5,18 @@ Real `dagster asset materialize` processes on the repository's dagster.yaml, ove
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import duckdb
+import pytest
 import yaml
 
 from mlops_assets.lib.spec import DEFAULT_SPEC
 from mlops_assets_tests.conftest import ROWS_PER_DAY, SAMPLE_DAYS, write_csv
-from mlops_assets_tests.test_e2e import BIN, SELECT_DATA, environment, make_home
+from mlops_assets_tests.test_e2e import BIN, REPO, SELECT_DATA, environment, make_home
 
 SELECT = SELECT_DATA
 CONCURRENT = 8
@@ -132,3 +134,19 @@ def test_each_instance_gets_the_repositorys_settings_and_keeps_its_own(tmp_path)
     (home / "dagster.yaml").write_text(own)
     install_config(home)
     assert (home / "dagster.yaml").read_text() == own
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_keeps_each_data_directorys_instance_inside_it():
+    show = "show-instance: ; @echo $$MLOPS_DATA_DIR $$DAGSTER_HOME"
+    # A DAGSTER_HOME left in the shell must not make two data directories share an instance.
+    env = {**os.environ, "DAGSTER_HOME": "/elsewhere", "MLOPS_DATA_DIR": "relative/dir"}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-C", str(REPO), "--eval", show, "show-instance"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = REPO / "relative" / "dir"
+    assert done.stdout.split() == [str(data), str(data / "dagster")]
