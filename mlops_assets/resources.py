@@ -174,7 +174,19 @@ def _sleep_while_waiting_for_a_pool() -> None:
 
 
 class _QuotingDuckDbClient(DuckDbClient):
-    """The library's client, with quoted names, and no delete outside the write's transaction."""
+    """The library's client, with quoted names, no delete outside the write's transaction, and
+    connections closed when a write raises (as `Warehouse` does)."""
+
+    @staticmethod
+    @contextmanager
+    def connect(context, table_slice):
+        # The library closes its connection only when the block succeeds: a refused write (a
+        # schema change) kept the file open, and locked, in an in-process run.
+        with DuckDbClient.connect(context, table_slice) as con:
+            try:
+                yield con
+            finally:
+                con.close()
 
     @staticmethod
     def delete_table_slice(context, table_slice, connection) -> None:
