@@ -8,7 +8,7 @@ batching one (mlops_assets/event_log.py), side by side in one invocation.
 Each variant is `dagster asset materialize -m mlops_assets --select 'group:ingestion or
 group:validation or group:features' --partition-range 2013-01-01...<last day>` in a fresh temporary
 DAGSTER_HOME and MLOPS_DATA_DIR, run twice (the first run also stages the source):
-  dagster   `storage: sqlite` (Dagster's SqliteEventLogStorage), DAGSTER_EVENT_BATCH_SIZE=0;
+  dagster   Dagster's own SqliteEventLogStorage (no event_log_storage), DAGSTER_EVENT_BATCH_SIZE=0;
   batching  the repository's dagster.yaml (BatchingSqliteEventLogStorage), batch size 1000.
 Both with DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true, as `make` sets. Prints each run's
 wall time, the events it stored (from its run shard, by type), and the time per stored event.
@@ -31,20 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SELECTION = "group:ingestion or group:validation or group:features"
-DAGSTER_STORAGE = "storage:\n  sqlite:\n    base_dir: data/dagster/storage\n"
 
 
 def home_for(variant: str) -> Path:
     home = Path(tempfile.mkdtemp(prefix=f"mlops_events_{variant}_"))
     config = (ROOT / "dagster.yaml").read_text()
     if variant == "dagster":
-        # The repository's storages replaced by Dagster's own, in the same directory.
-        config = re.sub(
-            r"^run_storage:.*?(?=^local_artifact_storage:)",
-            DAGSTER_STORAGE,
-            config,
-            flags=re.S | re.M,
-        )
+        # The repository's event log replaced by Dagster's own, in the same directory.
+        config = re.sub(r"^event_log_storage:.*?(?=^telemetry:)", "", config, flags=re.S | re.M)
         assert "mlops_assets.event_log" not in config
     (home / "dagster.yaml").write_text(config)
     return home
@@ -70,7 +64,7 @@ def run(home: Path, variant: str, last_day: str, profile: Path | None) -> float:
 
 def events_of_last_run(home: Path) -> Counter:
     shards = sorted(
-        (p for p in (home / "data/dagster/storage/history/runs").glob("*.db") if p.stem != "index"),
+        (p for p in (home / "history" / "runs").glob("*.db") if p.stem != "index"),
         key=lambda p: p.stat().st_mtime,
     )
     with sqlite3.connect(shards[-1]) as con:

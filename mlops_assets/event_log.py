@@ -15,16 +15,21 @@ batch is written, and Dagster then stores the events one by one. If the index co
 after the run shard committed, the batch's run-shard rows are deleted again before the error goes
 on, so the one-by-one fallback does not record them twice.
 
-Configured in dagster.yaml as `event_log_storage` (module mlops_assets.event_log).
+Configured in dagster.yaml as `event_log_storage` (module mlops_assets.event_log), without a
+`base_dir`: it then lives where Dagster's own SQLite event log would, `$DAGSTER_HOME/history/runs`,
+so the instance's storage follows DAGSTER_HOME (one instance per data directory, see the Makefile).
 """
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import sqlalchemy as db
+from dagster import Field, StringSource
 from dagster._core.events.log import EventLogEntry
+from dagster._core.instance.ref import _event_logs_directory
 from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
@@ -47,10 +52,20 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         super().__init__(base_dir, inst_data)
 
     @classmethod
+    def config_type(cls) -> dict:
+        return {"base_dir": Field(StringSource, is_required=False)}
+
+    @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData | None, config_value: Any
     ) -> "BatchingSqliteEventLogStorage":
-        return cls(inst_data=inst_data, **config_value)
+        base_dir = (config_value or {}).get("base_dir")
+        if base_dir is None:
+            home = os.environ.get("DAGSTER_HOME")
+            if not home:
+                raise ValueError("BatchingSqliteEventLogStorage: no base_dir and no DAGSTER_HOME")
+            base_dir = _event_logs_directory(os.path.expanduser(home))
+        return cls(base_dir, inst_data=inst_data)
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:

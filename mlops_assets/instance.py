@@ -1,9 +1,11 @@
 """Get the Dagster instance of $DAGSTER_HOME ready for CLI runs: `python -m mlops_assets.instance`.
 
-The `make` targets run it before any Dagster command. It
-1. creates the instance's storage once, under a file lock: several first runs started together
+The `make` targets run it before any Dagster command, with DAGSTER_HOME=$MLOPS_DATA_DIR/dagster
+(one instance per data directory). It
+1. puts the repository's dagster.yaml in $DAGSTER_HOME (see `install_config`);
+2. creates the instance's storage once, under a file lock: several first runs started together
    on a fresh instance otherwise race to create the SQLite schema (and some fail);
-2. marks as failed every run whose process died without saying so (kill -9, out of memory) and
+3. marks as failed every run whose process died without saying so (kill -9, out of memory) and
    frees its `duckdb` pool slot: such a run stays STARTED forever, and its slot blocks every later
    run. (Run monitoring in dagster.yaml does the same for runs the daemon launched, under
    `dagster dev`; a CLI run has no daemon watching it.)
@@ -16,6 +18,10 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parent.parent / "dagster.yaml"
+"""The instance settings every data directory's instance is made from."""
+COPY_HEADER = "# A copy, refreshed by `python -m mlops_assets.instance`: edit the original"
 
 
 @contextmanager
@@ -35,9 +41,51 @@ def prepare() -> list[str]:
 
     if not os.environ.get("DAGSTER_HOME"):
         raise SystemExit("DAGSTER_HOME is not set: it names the instance to prepare")
-    home = Path(os.environ["DAGSTER_HOME"])
-    with _locked(home), dg.DagsterInstance.get() as instance:
-        return fail_dead_runs(instance)
+    home = Path(os.environ["DAGSTER_HOME"]).expanduser()
+    with _locked(home):
+        install_config(home)
+        with dg.DagsterInstance.get() as instance:
+            return fail_dead_runs(instance)
+
+
+def install_config(home: Path, source: Path = CONFIG) -> None:
+    """Write the settings of `source` (the repository's dagster.yaml) as `home`/dagster.yaml.
+
+    A missing file is written and an outdated copy refreshed, so that a change to the
+    repository's settings reaches every data directory's instance; a dagster.yaml without the
+    copy's first line is the user's own (e.g. storage in Postgres) and is left as it is.
+    """
+    target = home / "dagster.yaml"
+    if target.exists() and target.resolve() == source.resolve():
+        return  # DAGSTER_HOME is the repository itself
+    wanted = instance_settings(home, source)
+    if target.exists():
+        current = target.read_text()
+        if current == wanted or not current.startswith(COPY_HEADER):
+            return
+    home.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".dagster.yaml.{os.getpid()}")
+    partial.write_text(wanted)
+    os.replace(partial, target)  # atomic: a process reading the settings never sees half a file
+
+
+def instance_settings(home: Path, source: Path = CONFIG) -> str:
+    """The text of `home`'s dagster.yaml: `source`'s settings, with the event log's directory.
+
+    Without a `base_dir` the batching event log follows $DAGSTER_HOME; written out, it stays in
+    `home` whichever process opens the instance, even one reading it by its directory.
+    """
+    import yaml
+
+    settings = yaml.safe_load(source.read_text())
+    events = settings.get("event_log_storage") or {}
+    if events.get("module") == "mlops_assets.event_log" and not events.get("config"):
+        from dagster._core.instance.ref import _event_logs_directory
+
+        events["config"] = {"base_dir": _event_logs_directory(str(home.resolve()))}
+    return f"{COPY_HEADER}\n# of {source}, whose comments explain each setting\n" + yaml.safe_dump(
+        settings, sort_keys=False
+    )
 
 
 def fail_dead_runs(instance) -> list[str]:

@@ -56,13 +56,20 @@ class DatasetSource(dg.ConfigurableResource):
 
     def records(self, spec: DatasetSpec, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Source rows of the partitions [start, end): the declared columns as text, the date,
-        and `partition_date` (rows dated outside the declared range go to its nearest day)."""
+        the derived key columns (typed as their SQL makes them) and `partition_date` (rows dated
+        outside the declared range go to its nearest day)."""
         from mlops_assets.lib.sources import read_dates
 
         staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
         bounds = (spec.date.start, spec.date.end)
         return read_dates(
-            staged, spec.date.column, start, end, columns=list(spec.columns), bounds=bounds
+            staged,
+            spec.date.column,
+            start,
+            end,
+            columns=list(spec.columns),
+            bounds=bounds,
+            derived=spec.key_expressions,
         )
 
     def extra_columns(self, spec: DatasetSpec) -> list[str]:
@@ -167,7 +174,19 @@ def _sleep_while_waiting_for_a_pool() -> None:
 
 
 class _QuotingDuckDbClient(DuckDbClient):
-    """The library's client, with quoted names, and no delete outside the write's transaction."""
+    """The library's client, with quoted names, no delete outside the write's transaction, and
+    connections closed when a write raises (as `Warehouse` does)."""
+
+    @staticmethod
+    @contextmanager
+    def connect(context, table_slice):
+        # The library closes its connection only when the block succeeds: a refused write (a
+        # schema change) kept the file open, and locked, in an in-process run.
+        with DuckDbClient.connect(context, table_slice) as con:
+            try:
+                yield con
+            finally:
+                con.close()
 
     @staticmethod
     def delete_table_slice(context, table_slice, connection) -> None:

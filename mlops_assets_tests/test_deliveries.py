@@ -41,7 +41,10 @@ def failure(result) -> str:
     texts = []
     for event in result.get_step_failure_events():
         data = event.step_failure_data
-        texts.append(str(data.error.message if data.error else ""))
+        error = data.error
+        while error is not None:  # with its causes: an IO manager's error is the cause
+            texts.append(str(error.message))
+            error = error.cause
         if data.user_failure_data is not None:
             texts.append(str(data.user_failure_data.description))
     return "\n".join(texts)
@@ -202,3 +205,84 @@ def test_an_empty_day_is_stored_only_when_accepted_and_restorable(
             "SELECT count(*) FROM flights.raw_records WHERE flight_date = '2013-01-04'"
         ).fetchall()[0]
     assert n == 30
+
+
+def edited_spec(monkeypatch, **column_changes):
+    """The flights spec as a user would edit it, seen by the data assets from now on: columns
+    in reverse order, then `column_changes` (None drops a column)."""
+    from mlops_assets import features, ingestion, validation
+    from mlops_assets.lib.spec import ColumnSpec
+    from mlops_assets.partitions import dataset_spec
+
+    columns = dict(reversed(dataset_spec.columns.items()))
+    for name, change in column_changes.items():
+        if change is None:
+            del columns[name]
+        else:
+            columns[name] = ColumnSpec.model_validate(change)
+    spec = dataset_spec.model_copy(update={"columns": columns})
+    for stage in (ingestion, validation, features):
+        monkeypatch.setattr(stage, "dataset_spec", spec)
+    return spec
+
+
+def stored(database: str, table: str, columns: list[str], day: str) -> tuple[list, list]:
+    """(rows of `day`, rows of the other days) of `columns`, by name."""
+    selected = ", ".join(columns)
+    with duckdb.connect(database, read_only=True) as con:
+        return tuple(
+            con.execute(
+                f"SELECT {selected} FROM flights.{table} "
+                f"WHERE (flight_date::DATE = DATE '{day}') = ? ORDER BY ALL",
+                [on_day],
+            ).fetchall()
+            for on_day in (True, False)
+        )
+
+
+def test_a_spec_edited_over_stored_days_adds_keeps_and_reorders_columns_by_name(
+    monkeypatch, over_clean_week, clean_week, flights_rows, tmp_path
+):
+    """Columns reordered, `tailnum` dropped and `arr_delay` added, then one day re-run."""
+    day = "2013-01-03"
+    kept = ["flight_date", "carrier", "flight", "sched_dep_time", "dep_delay", "origin", "dest"]
+    before = {t: stored(str(clean_week), t, [*kept, "tailnum"], day) for t in TABLES[:2]}
+    features_before = snapshot(str(clean_week))["features"]
+    edited_spec(monkeypatch, tailnum=None, arr_delay={"type": "float", "nullable": True})
+
+    same = write_csv(tmp_path / "same.csv", flights_rows)
+    result, database = over_clean_week(same, start=day, end=day)
+    assert result.success, failure(result)
+
+    arrivals = sorted(
+        (float(r["arr_delay"]) if r["arr_delay"] != "NA" else None)
+        for r in flights_rows
+        if (r["month"], r["day"]) == ("1", "3")
+    )
+    for table in TABLES[:2]:
+        on_day, other_days = stored(database, table, [*kept, "tailnum"], day)
+        # The other days exactly as stored; the new column NULL there.
+        assert other_days == before[table][1], table
+        # The re-run day: every kept column holds its own values (no shift from the new order),
+        # the dropped column stays, NULL in the new rows, and the added one holds the source's.
+        assert [r[:-1] for r in on_day] == [r[:-1] for r in before[table][0]], table
+        assert {r[-1] for r in on_day} == {None}, table
+        (new_on_day, new_elsewhere) = stored(database, table, ["arr_delay"], day)
+        values = [None if v is None else float(v) for (v,) in new_on_day]
+        assert sorted(values, key=lambda v: (v is None, v)) == sorted(
+            arrivals, key=lambda v: (v is None, v)
+        ), table
+        assert {v for (v,) in new_elsewhere} == {None}, table
+    assert snapshot(database)["features"] == features_before
+
+
+def test_a_spec_edit_that_changes_a_stored_column_type_is_refused_and_changes_nothing(
+    monkeypatch, over_clean_week, clean_week, flights_rows, tmp_path
+):
+    edited_spec(monkeypatch, flight={"type": "string"})
+    result, database = over_clean_week(write_csv(tmp_path / "same.csv", flights_rows))
+    assert not result.success
+    message = failure(result)
+    assert "column type changed: flight (BIGINT stored, VARCHAR new)" in message, message
+    assert "DROP TABLE flights.validated_records" in message  # how to start fresh
+    assert snapshot(database) == snapshot(str(clean_week))

@@ -10,7 +10,6 @@ CI time budget on two cores.
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -50,11 +49,14 @@ def free_port() -> int:
 
 
 def make_home(tmp: Path) -> dict[str, Path]:
-    """A Dagster instance directory holding the repository's dagster.yaml, and a data dir."""
-    home, data = tmp / "dagster_home", tmp / "data"
-    home.mkdir()
-    data.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    """A data dir and its Dagster instance, laid out as `make` lays them out: the instance in
+    <data>/dagster, with the repository's dagster.yaml."""
+    from mlops_assets.instance import install_config
+
+    data = tmp / "data"
+    home = data / "dagster"
+    home.mkdir(parents=True)
+    install_config(home)
     return {"home": home, "data": data}
 
 
@@ -408,7 +410,6 @@ def test_dagster_dev_runs_a_partition_launched_through_graphql(
         DAY: features["metadata"]["dagster/partition_row_count"]
     }
     monkeypatch.setenv("DAGSTER_HOME", str(paths["home"]))
-    monkeypatch.chdir(paths["home"])  # dagster.yaml puts the storage under the working directory
     with DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
         checks = instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)

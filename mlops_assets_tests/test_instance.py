@@ -5,17 +5,18 @@ Real `dagster asset materialize` processes on the repository's dagster.yaml, ove
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import duckdb
+import pytest
 import yaml
 
 from mlops_assets.lib.spec import DEFAULT_SPEC
 from mlops_assets_tests.conftest import ROWS_PER_DAY, SAMPLE_DAYS, write_csv
-from mlops_assets_tests.test_e2e import BIN, SELECT_DATA, environment, make_home
+from mlops_assets_tests.test_e2e import BIN, REPO, SELECT_DATA, environment, make_home
 
 SELECT = SELECT_DATA
 CONCURRENT = 8
@@ -90,4 +91,62 @@ def test_preparing_twice_changes_nothing(tmp_path):
     paths = make_home(tmp_path)
     env = environment(paths["home"], paths["data"])
     assert prepare(paths, env) == prepare(paths, env) == ""
-    assert (Path(paths["home"]) / "data" / "dagster" / "storage" / "history" / "runs.db").exists()
+    # Every storage under the instance's directory, not the working directory.
+    assert (paths["home"] / "history" / "runs.db").exists()
+    assert (paths["home"] / "history" / "runs" / "index.db").exists()
+
+
+def test_each_instance_gets_the_repositorys_settings_and_keeps_its_own(tmp_path):
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    from mlops_assets.instance import CONFIG, install_config
+
+    home = tmp_path / "data" / "dagster"
+    install_config(home)
+    settings = yaml.safe_load((home / "dagster.yaml").read_text())
+    assert settings == {
+        **yaml.safe_load(CONFIG.read_text()),
+        "event_log_storage": {
+            "module": "mlops_assets.event_log",
+            "class": "BatchingSqliteEventLogStorage",
+            "config": {"base_dir": f"{home}/history/runs/"},
+        },
+    }
+    # Opened by its directory, with $DAGSTER_HOME elsewhere: every storage is still in `home`.
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        assert type(instance.event_log_storage).__name__ == "BatchingSqliteEventLogStorage"
+        assert instance.get_runs() == []
+    assert (home / "history" / "runs.db").exists()
+    assert (home / "history" / "runs" / "index.db").exists()
+
+    # An outdated copy is refreshed from the repository's file ...
+    changed = tmp_path / "dagster.yaml"
+    changed.write_text(
+        CONFIG.read_text().replace("max_concurrent_runs: 4", "max_concurrent_runs: 2")
+    )
+    install_config(home, changed)
+    assert yaml.safe_load((home / "dagster.yaml").read_text())["concurrency"]["runs"] == {
+        "max_concurrent_runs": 2
+    }
+    # ... but a dagster.yaml of the user's own (say, Postgres storage) is never overwritten.
+    own = "storage:\n  postgres:\n    postgres_url: {env: PG_URL}\n"
+    (home / "dagster.yaml").write_text(own)
+    install_config(home)
+    assert (home / "dagster.yaml").read_text() == own
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_keeps_each_data_directorys_instance_inside_it():
+    show = "show-instance: ; @echo $$MLOPS_DATA_DIR $$DAGSTER_HOME"
+    # A DAGSTER_HOME left in the shell must not make two data directories share an instance.
+    env = {**os.environ, "DAGSTER_HOME": "/elsewhere", "MLOPS_DATA_DIR": "relative/dir"}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-s", "-C", str(REPO), "--eval", show, "show-instance"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = REPO / "relative" / "dir"
+    assert done.stdout.split() == [str(data), str(data / "dagster")]

@@ -146,15 +146,20 @@ def read_dates(
     *,
     columns: list[str] | None = None,
     bounds: tuple[dt.date, dt.date] | None = None,
+    derived: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """The staged rows with `start <= date < end`; the filter is pushed into the Parquet scan.
 
     `columns`: only these (and the date); the staged file may hold more. `bounds`: the declared
     [first, last] days; the rows gain PARTITION_COLUMN and are selected by it, so a window
     holding `first` or `last` also gets the rows dated before or after the declared range.
+    `derived`: more columns, {name: SQL over the source columns} (expression keys); a row where
+    one cannot be computed gets NULL there (validation quarantines it), a wrong SQL an error.
     """
     date = ident(date_column)
     selected = ", ".join([*(ident(c) for c in columns), date]) if columns else "*"
+    # SQL from the specification: it runs as code, as the date's does (see README).
+    selected += "".join(f", TRY(({sql})) AS {ident(name)}" for name, sql in (derived or {}).items())
     if bounds is None:
         query = f"SELECT {selected} FROM read_parquet(?) WHERE {date} >= ? AND {date} < ?"
         params = [str(staged), start, end]
@@ -166,7 +171,12 @@ def read_dates(
         )
         params = [*bounds, str(staged), start, end]
     with duckdb.connect() as con:
-        return to_pandas(con.sql(query, params=params))
+        try:
+            return to_pandas(con.sql(query, params=params))
+        except duckdb.Error as error:
+            if not derived:
+                raise
+            raise SourceError(f"{staged}: cannot compute {derived}: {error}") from None
 
 
 def staged_columns(staged: Path) -> list[str]:

@@ -150,7 +150,16 @@ class DatasetSpec(_Strict):
     description: str = ""
     source: SourceSpec
     date: DateSpec
-    key: list[str] = Field(min_length=1)
+    key: list[str] = Field(
+        min_length=1,
+        description="What identifies a record on its date: source column names, or entries "
+        "`{name: SQL}` that derive a key column from the source columns as date.expression "
+        "does (e.g. a timestamp built from a date and an hour column).",
+    )
+    key_expressions: dict[str, str] = Field(
+        default={},
+        description="The derived key columns and their SQL, from key's `{name: SQL}` entries.",
+    )
     columns: dict[str, ColumnSpec]
     lookups: dict[str, LookupSpec] = {}
     features: dict[str, FeatureSpec] = Field(min_length=1)
@@ -163,10 +172,31 @@ class DatasetSpec(_Strict):
     )
     base_dir: Path = Field(Path("."), exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_key_expressions(cls, data: object) -> object:
+        """`key: [station, {observed_at: SQL}]` -> key names, and the SQL of the derived ones."""
+        if not isinstance(data, dict) or not isinstance(data.get("key"), list):
+            return data
+        names, expressions = [], dict(data.get("key_expressions") or {})
+        for item in data["key"]:
+            if isinstance(item, dict):
+                if len(item) != 1 or not all(isinstance(v, str) for v in item.values()):
+                    raise ValueError(f"key entry {item} must be a column name or {{name: SQL}}")
+                ((item, expressions[item]),) = item.items()
+            names.append(item)
+        return {**data, "key": names, "key_expressions": expressions}
+
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
-        if missing := [k for k in self.key if k not in self.columns]:
+        if missing := [
+            k for k in self.key if k not in self.columns and k not in self.key_expressions
+        ]:
             raise ValueError(f"key columns {missing} are not declared under columns")
+        if stray := [k for k in self.key_expressions if k not in self.key]:
+            raise ValueError(f"key expressions {stray} are not in key")
+        if both := [k for k in self.key_expressions if k in self.columns]:
+            raise ValueError(f"key {both} is both a derived key and a source column: rename it")
         if self.date.end < self.date.start:
             raise ValueError(f"date.end {self.date.end} is before date.start {self.date.start}")
         for name, lookup in self.lookups.items():
@@ -177,12 +207,12 @@ class DatasetSpec(_Strict):
                     f"lookup {name!r}: join keys {missing} must be declared on both sides"
                 )
         reserved = {self.date.column, self.target.name, PARTITION_COLUMN}
-        if clash := reserved & (set(self.columns) | set(self.features)):
+        if clash := reserved & (set(self.columns) | set(self.key_expressions) | set(self.features)):
             raise ValueError(f"{sorted(clash)} are reserved (date, target, partition column)")
         # DuckDB names are case-insensitive: two stored columns that differ only by case would
         # be renamed silently (`airline` beside `AIRLINE` becomes `airline_1`).
         for what, names in (
-            ("source columns", [self.date.column, *self.columns]),
+            ("source columns", [self.date.column, *self.key_expressions, *self.columns]),
             ("feature table columns", self.feature_table_columns),
         ):
             seen: dict[str, str] = {}

@@ -78,6 +78,8 @@ def build_schema(spec: DatasetSpec, start: dt.date, end: dt.date):
     columns[spec.date.column] = pa.Column(
         checks=[pa.Check.ge(pd.Timestamp(start)), pa.Check.lt(pd.Timestamp(end))]
     )
+    # A derived key is NULL where its SQL failed on the row: such a record has no identity.
+    columns |= {name: pa.Column(nullable=False) for name in spec.key_expressions}
     return pa.DataFrameSchema(
         columns,
         unique=[spec.date.column, *spec.key],
@@ -113,7 +115,7 @@ def validate_records(
     """
     date = spec.date.column
     raw = raw.reset_index(drop=True)
-    typed = cast_columns(raw, spec.columns, keep=[date])
+    typed = cast_columns(raw, spec.columns, keep=[date, *spec.key_expressions])
 
     parse_failures = []
     for name, col in spec.columns.items():
