@@ -481,7 +481,7 @@ def test_mlflow_serves_the_champion(cli_lifecycle):
     predictions = response.json()["predictions"]
     # Per row the probability and the decision at the champion's own threshold.
     assert len(predictions) == 2, predictions
-    columns_served = {"probability", "prediction", "unknown_categories"}
+    columns_served = {"probability", "prediction", "threshold", "unknown_categories"}
     assert all(set(row) == columns_served for row in predictions), predictions
     assert [row["unknown_categories"] for row in predictions] == [0, 0]
 
@@ -512,3 +512,4 @@ def test_mlflow_serves_the_champion(cli_lifecycle):
     served = [row["probability"] for row in predictions]
     assert served == pytest.approx(proba.tolist(), abs=1e-9), f"{served} vs {proba} for {body}"
     assert [row["prediction"] for row in predictions] == (proba >= threshold).astype(int).tolist()
+    assert [row["threshold"] for row in predictions] == [pytest.approx(threshold)] * 2

@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 PROBABILITY = "probability"
 PREDICTION = "prediction"
+THRESHOLD = "threshold"
 UNKNOWN_CATEGORIES = "unknown_categories"
 
 # What skops must trust beyond a pipeline's own types to load a ThresholdedModel (measured with
@@ -76,8 +77,9 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X)[:, 1] >= self.threshold).astype(np.int64)
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Per record, the positive-class probability, the decision at the threshold and how many
-        of its categorical values training never saw (what `mlflow models serve` returns).
+        """Per record, the positive-class probability, the decision at the threshold, the threshold
+        itself, and how many of its categorical values training never saw (what `mlflow models
+        serve` returns).
 
         A record with every feature missing has nothing to be scored on: the request is refused
         with the records named (MLflow answers 400), rather than answered with the base rate.
@@ -97,6 +99,7 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
             {
                 PROBABILITY: proba,
                 PREDICTION: (proba >= self.threshold).astype(np.int64),
+                THRESHOLD: np.full(len(proba), float(self.threshold)),
                 UNKNOWN_CATEGORIES: self.unknown_categories(X),
             }
         )

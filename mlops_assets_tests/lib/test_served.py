@@ -29,6 +29,7 @@ def test_each_record_gets_its_probability_decision_and_unknown_count(model):
     proba = model.predict_proba(records)[:, 1]
     assert served["probability"].tolist() == pytest.approx(proba.tolist())
     assert served["prediction"].tolist() == (proba >= 0.3).astype(int).tolist()
+    assert served["threshold"].tolist() == [0.3] * 4
     # "ZZ" was never seen in training; a missing carrier is missing, not unknown.
     assert served["unknown_categories"].tolist() == [0, 1, 0, 0]
 
