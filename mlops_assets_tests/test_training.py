@@ -262,7 +262,8 @@ def test_the_threshold_is_chosen_on_validation_and_stored_with_the_version(
     assert abs(float((proba >= threshold).mean()) - policy.target_share) <= 1 / len(y) + 1e-9
     # What `mlflow models serve` returns: probability and the decision at the threshold.
     served = model.predict(X)
-    assert list(served.columns) == ["probability", "prediction"]
+    assert list(served.columns) == ["probability", "prediction", "threshold", "unknown_categories"]
+    assert served["threshold"].tolist() == [threshold] * len(X)
     assert served["prediction"].tolist() == (proba >= threshold).astype(int).tolist()
 
     (evaluated,) = result.asset_materializations_for_node("evaluation")
