@@ -177,26 +177,29 @@ up() {
     "$MLOPS_WORKERS workers; state in $DIR; 'source $DIR/env.sh' for the CLI"
 }
 
-stop() {  # stop NAME: TERM the process group, KILL what is left after 20 s
-  local pidfile="$RUN/$1.pid"
-  [ -f "$pidfile" ] || return 0
-  local pid; pid="$(cat "$pidfile")"
-  if [ -n "$pid" ]; then
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 40); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  fi
-  rm -f "$pidfile"
+stop() {  # stop NAME...: TERM their process groups, KILL what is left after 20 s
+  local name pid pids=()
+  for name in "$@"; do
+    [ -s "$RUN/$name.pid" ] || continue
+    pid="$(cat "$RUN/$name.pid")"
+    kill -TERM -- "-$pid" 2>/dev/null && pids+=("$pid")
+    rm -f "$RUN/$name.pid"
+  done
+  for _ in $(seq 40); do
+    local alive=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && return
+    sleep 0.5
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
 }
 
 down() {
   [ -d "$RUN" ] || { echo "down: nothing runs from $DIR"; return; }
-  local pidfile
-  for pidfile in "$RUN"/worker*.pid; do [ -f "$pidfile" ] && stop "$(basename "$pidfile" .pid)"; done
-  stop dagster-webserver
-  stop dagster-daemon
-  stop mlflow
-  if [ -f "$RUN/redis.pid" ]; then
+  local names=() pidfile
+  for pidfile in "$RUN"/worker*.pid; do [ -f "$pidfile" ] && names+=("$(basename "$pidfile" .pid)"); done
+  stop "${names[@]}" dagster-webserver dagster-daemon mlflow
+  if [ -s "$RUN/redis.pid" ]; then
     local pid; pid="$(cat "$RUN/redis.pid")"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done

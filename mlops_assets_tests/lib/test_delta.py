@@ -103,6 +103,7 @@ with duckdb.connect() as con:  # start-up (delta-rs's first commit in a process)
     con.register("warm", pd.DataFrame({"a": [1]}))
     warm = str(Path(root) / "warm" / go[-2:])
     delta.replace_slice(con, warm, Slice("w", "w"), "warm", run_id="w")
+Path(go + ".ready").touch()
 while not Path(go).exists():
     time.sleep(0.005)
 for day in days:
@@ -127,9 +128,12 @@ def run_writers(root: Path, days_per_writer: list[list[int]]) -> None:
         )
         for i, days in enumerate(days_per_writer)
     ]
-    time.sleep(2)  # they import and warm up first, then wait for the signal
-    for i in range(len(processes)):
-        Path(f"{go}-{i:02d}").touch()
+    signals = [Path(f"{go}-{i:02d}") for i in range(len(processes))]
+    while not all(Path(f"{signal}.ready").exists() for signal in signals):  # warmed up
+        assert all(p.poll() is None for p in processes), processes[0].communicate()[0][-3000:]
+        time.sleep(0.05)
+    for signal in signals:
+        signal.touch()
     for process in processes:
         output, _ = process.communicate(timeout=180)
         assert process.returncode == 0, output[-3000:]
