@@ -6,7 +6,7 @@
 #
 # Settings (environment, defaults): MLOPS_DISTRIBUTED_DIR (data/distributed), MLOPS_PG_PORT
 # (5433), MLOPS_REDIS_PORT (6380), MLOPS_MLFLOW_PORT (5050), MLOPS_DAGSTER_PORT (3001),
-# MLOPS_WORKERS (2), MLOPS_BACKFILL_PARTITIONS_PER_RUN (30), MLOPS_PG_PASSWORD (generated).
+# MLOPS_WORKERS (2), MLOPS_BACKFILL_PARTITIONS_PER_RUN (92), MLOPS_PG_PASSWORD (generated).
 # The first `up` writes them to $MLOPS_DISTRIBUTED_DIR/env.sh (mode 600: it holds the database
 # password); later runs read them from there. `source` it to point the dagster and mlflow CLIs
 # at the deployment.
@@ -68,7 +68,7 @@ export MLFLOW_TRACKING_URI='http://$HOST:${MLOPS_MLFLOW_PORT:-5050}'
 export MLOPS_MLFLOW_ARTIFACT_LOCATION='mlflow-artifacts:/mlops_assets'
 export MLOPS_CELERY_BROKER='$redis/0'
 export MLOPS_CELERY_BACKEND='$redis/1'
-export MLOPS_BACKFILL_PARTITIONS_PER_RUN='${MLOPS_BACKFILL_PARTITIONS_PER_RUN:-30}'
+export MLOPS_BACKFILL_PARTITIONS_PER_RUN='${MLOPS_BACKFILL_PARTITIONS_PER_RUN:-92}'
 export DAGSTER_EVENT_BATCH_SIZE='${DAGSTER_EVENT_BATCH_SIZE:-1000}'
 export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true
 EOF
