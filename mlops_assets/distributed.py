@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster._core.storage.db_io_manager import DbClient, DbIOManager
@@ -23,6 +23,9 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.resources import _QuotingDuckDbClient, _ReplacingPandasHandler, _slice_of
+
+if TYPE_CHECKING:
+    from mlops_assets.lib.storage import WriteResult
 
 WAREHOUSE_ROOT_ENV = "MLOPS_WAREHOUSE_ROOT"
 CELERY_BROKER_ENV = "MLOPS_CELERY_BROKER"
@@ -75,7 +78,7 @@ class _DeltaPandasHandler(_ReplacingPandasHandler):
         table = open_table(_uri(table_slice))
         return [] if table is None else list(table.schema().to_arrow().names)
 
-    def replace(self, context, connection, table_slice, frame: str) -> tuple[Any, dict]:
+    def replace(self, context, connection, table_slice, frame: str) -> tuple[WriteResult, dict]:
         from mlops_assets.lib.delta import replace_slice
 
         uri = _uri(table_slice)

@@ -21,6 +21,8 @@ from mlops_assets.lib.spec import DatasetSpec
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlops_assets.lib.storage import WriteResult
+
 DUCKDB_POOL = "duckdb"
 """Concurrency pool of every step that writes the DuckDB file (one writer at a time)."""
 OBJECT_IO_MANAGER = "object_io_manager"
@@ -237,7 +239,7 @@ class _ReplacingPandasHandler(DbTypeHandler):
         ).fetchall()
         return [column for (column,) in rows]
 
-    def replace(self, context, connection, table_slice, frame: str) -> tuple[Any, dict]:
+    def replace(self, context, connection, table_slice, frame: str) -> tuple[WriteResult, dict]:
         """Replace the slice by the registered `frame`: the `WriteResult`, and more metadata."""
         from mlops_assets.lib.storage import replace_slice
 

@@ -88,6 +88,10 @@ def test_an_empty_frame_empties_its_day_and_a_whole_table_write_replaces_all(tmp
     write(tmp_path, rows(1, 2), day_slice(1))
     write(tmp_path, rows(1, 2).iloc[:0], day_slice(1))
     assert counts(tmp_path) == {1: 2}
+    write(tmp_path, rows(1, 2), day_slice(1))
+    # No rows and untyped columns (what the IO manager writes for a frame without columns).
+    write(tmp_path, pd.DataFrame({"d": pd.Series(dtype=object), "x": []}), day_slice(1))
+    assert counts(tmp_path) == {1: 2}
     write(tmp_path, rows(5, 1), Slice("s", "t"))
     assert counts(tmp_path) == {6: 1}
 
