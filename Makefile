@@ -20,7 +20,8 @@ RUN := $(UV) run --frozen
 # pool slots (see mlops_assets/instance.py).
 INSTANCE := $(RUN) python -m mlops_assets.instance
 
-.PHONY: setup run lifecycle data dev mlflow serve evidently test lint format bench clean
+.PHONY: setup run lifecycle data dev mlflow serve evidently test lint format bench clean \
+	distributed-up distributed-down
 
 setup:  ## install uv if missing, then the locked environment into .venv
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --user --quiet uv
@@ -57,6 +58,12 @@ serve:  ## the champion over REST on http://127.0.0.1:5001 (MLflow starts uvicor
 
 evidently:  ## the Evidently UI on http://127.0.0.1:8000 (daily drift snapshots)
 	$(RUN) evidently ui --workspace $(MLOPS_DATA_DIR)/evidently --host 127.0.0.1 --port 8000
+
+distributed-up: setup  ## PostgreSQL, Redis, MLflow server, Dagster and 2 Celery workers (README)
+	deploy/distributed.sh up
+
+distributed-down:  ## stop everything distributed-up started (its state stays in data/distributed)
+	deploy/distributed.sh down
 
 test: setup  ## the test suite
 	$(RUN) pytest -q

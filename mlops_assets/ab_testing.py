@@ -13,7 +13,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.sql import ident
-from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
+from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
 from mlops_assets.resources import (
     DUCKDB_POOL,
     OBJECT_IO_MANAGER,
@@ -77,7 +77,7 @@ def experiment_name(model_name: str, champion: str, challenger: str) -> str:
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=daily_backfill,
     metadata={"partition_expr": dataset_spec.date.column},
     group_name=GROUP,
     kinds={"duckdb", "pandas"},

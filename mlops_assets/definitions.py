@@ -15,6 +15,13 @@ from mlops_assets import (
     training,
     validation,
 )
+from mlops_assets.distributed import (
+    MLFLOW_ARTIFACTS_ENV,
+    WAREHOUSE_ROOT_ENV,
+    DeltaFrameIOManager,
+    DeltaWarehouse,
+    executor,
+)
 from mlops_assets.partitions import dataset_spec
 from mlops_assets.resources import (
     OBJECT_IO_MANAGER,
@@ -28,16 +35,30 @@ from mlops_assets.resources import (
 )
 
 
-def build_resources() -> dict:
-    warehouse = str(data_dir() / "warehouse.duckdb")
+def warehouse_resources() -> dict:
+    """One DuckDB file; Delta tables that many workers write at once in the distributed mode."""
+    if root := os.environ.get(WAREHOUSE_ROOT_ENV):
+        return {
+            "io_manager": DeltaFrameIOManager(root=root, schema=dataset_spec.name),
+            "warehouse": DeltaWarehouse(root=root),
+        }
+    database = str(data_dir() / "warehouse.duckdb")
     return {
-        "io_manager": DuckDBFrameIOManager(database=warehouse, schema=dataset_spec.name),
-        "warehouse": Warehouse(database=warehouse),
+        "io_manager": DuckDBFrameIOManager(database=database, schema=dataset_spec.name),
+        "warehouse": Warehouse(database=database),
+    }
+
+
+def build_resources() -> dict:
+    return {
+        **warehouse_resources(),
         "source": DatasetSource(cache_dir=str(data_dir() / "sources")),
         "mlflow": MlflowTracking(
             tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{(data_dir() / 'mlflow' / 'mlflow.db').resolve()}",
-            artifact_location=str((data_dir() / "mlflow" / "artifacts").resolve()),
+            # A tracking server's proxied store (mlflow-artifacts:/...) in the distributed mode.
+            artifact_location=os.environ.get(MLFLOW_ARTIFACTS_ENV)
+            or str((data_dir() / "mlflow" / "artifacts").resolve()),
             model_name=f"{dataset_spec.name}_model",
         ),
         "reports": ReportStore(directory=str(data_dir() / "reports")),
@@ -87,5 +108,5 @@ defs = dg.Definitions(
         automation.champion_alias_sensor,
     ],
     resources=build_resources(),
-    executor=dg.in_process_executor,
+    executor=executor(),
 )

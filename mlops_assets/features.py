@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mlops_assets.metadata import null_rate_check, table_metadata
-from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
+from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource
 
 FEATURE_NULL_CHECK = "check_feature_null_rates"
@@ -11,7 +11,7 @@ FEATURE_NULL_CHECK = "check_feature_null_rates"
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=daily_backfill,
     metadata={"partition_expr": dataset_spec.date.column},
     group_name="features",
     kinds={"duckdb", "pandas"},

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from mlops_assets.lib.spec import PARTITION_COLUMN
 from mlops_assets.metadata import failed_days_markdown, table_metadata
-from mlops_assets.partitions import daily_partitions, dataset_spec, partition_window, single_run
+from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec, partition_window
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource, stored_daily_counts
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class DeliveryConfig(dg.Config):
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=daily_backfill,
     metadata={"partition_expr": PARTITION_COLUMN},
     group_name="ingestion",
     kinds={"duckdb", "pandas"},

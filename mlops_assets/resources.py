@@ -21,6 +21,8 @@ from mlops_assets.lib.spec import DatasetSpec
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlops_assets.lib.storage import WriteResult
+
 DUCKDB_POOL = "duckdb"
 """Concurrency pool of every step that writes the DuckDB file (one writer at a time)."""
 OBJECT_IO_MANAGER = "object_io_manager"
@@ -247,10 +249,27 @@ class _ReplacingPandasHandler(DbTypeHandler):
     def __init__(self, retention_days: int = 30):
         self.retention_days = retention_days
 
+    def stored_columns(self, connection, table_slice) -> list[str]:
+        """The columns of the stored table; none if there is no table yet."""
+        rows = connection.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ?",
+            [table_slice.schema, table_slice.table],
+        ).fetchall()
+        return [column for (column,) in rows]
+
+    def replace(self, context, connection, table_slice, frame: str) -> tuple[WriteResult, dict]:
+        """Replace the slice by the registered `frame`: the `WriteResult`, and more metadata."""
+        from mlops_assets.lib.storage import replace_slice
+
+        target = _slice_of(table_slice)
+        result = replace_slice(
+            connection, target, frame, run_id=context.run_id, retention_days=self.retention_days
+        )
+        return result, {}
+
     def handle_output(self, context: dg.OutputContext, table_slice, obj, connection):
         from dagster._core.definitions.metadata import TableMetadataSet
-
-        from mlops_assets.lib.storage import replace_slice
 
         target = _slice_of(table_slice)
         if len(obj.columns) == 0:
@@ -258,24 +277,14 @@ class _ReplacingPandasHandler(DbTypeHandler):
             # day): the stored slice is emptied (and archived); no table is created for it.
             import pandas as pd
 
-            stored = connection.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_schema = ? AND table_name = ?",
-                [target.schema, target.name],
-            ).fetchall()
+            stored = self.stored_columns(connection, table_slice)
             if not stored:
                 context.log.warning(f"{target.name}: no columns and no table yet; nothing written")
                 return {}
-            obj = pd.DataFrame({c: pd.Series(dtype=object) for (c,) in stored})
+            obj = pd.DataFrame({c: pd.Series(dtype=object) for c in stored})
         connection.register("_new_rows", obj)
         try:
-            result = replace_slice(
-                connection,
-                target,
-                "_new_rows",
-                run_id=context.run_id,
-                retention_days=self.retention_days,
-            )
+            result, extra = self.replace(context, connection, table_slice, "_new_rows")
         finally:
             connection.unregister("_new_rows")
         if result.added_columns:
@@ -297,6 +306,7 @@ class _ReplacingPandasHandler(DbTypeHandler):
             "rows_replaced": result.deleted,
             "rows_archived": result.archived,
             "added_columns": ", ".join(result.added_columns) or "none",
+            **extra,
         }
 
     def load_input(self, context: dg.InputContext, table_slice, connection):

@@ -7,7 +7,7 @@ pandas there would double the time it takes to load the code location.
 import dagster as dg
 
 from mlops_assets.metadata import null_rate_check, table_metadata
-from mlops_assets.partitions import daily_partitions, dataset_spec, partition_window, single_run
+from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec, partition_window
 from mlops_assets.resources import DUCKDB_POOL
 
 QUARANTINE_SHARE_CHECK = "check_quarantine_share"
@@ -30,7 +30,7 @@ SCHEMA_CHECK = "check_schema_and_dtypes"
         ),
     },
     partitions_def=daily_partitions,
-    backfill_policy=single_run,
+    backfill_policy=daily_backfill,
     group_name="validation",
     pool=DUCKDB_POOL,
     check_specs=[

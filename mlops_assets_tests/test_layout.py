@@ -16,9 +16,17 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlops_assets"
 SHARED = {"resources", "partitions", "metadata", "lib"}
-# The one Definitions, the commands that run beside it (instance preparation, restore) and the
-# instance's event log storage.
-ASSEMBLY = {"definitions", "lifecycle", "instance", "restore", "event_log", "__init__"}
+# The one Definitions, the commands that run beside it (instance preparation, restore), the
+# instance's event log storage and the distributed deployment's resources (chosen in definitions).
+ASSEMBLY = {
+    "definitions",
+    "lifecycle",
+    "instance",
+    "restore",
+    "event_log",
+    "distributed",
+    "__init__",
+}
 
 
 def _stage_files() -> dict[str, list[Path]]:

@@ -91,6 +91,41 @@ def replace_slice(
 
 def _replace(con, target: Slice, frame: str, run_id: str, retention_days: int) -> WriteResult:
     name = target.qualified
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(target.schema)}")
+    stored = _existing_types(con, target)
+    if stored is not None and not _count(con, f"SELECT count(*) FROM {name}"):
+        stored = None  # an empty table: the new rows set its columns and types
+    new, added, missing = check_rows(con, target, frame, stored)
+    if stored is None:
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM {ident(frame)}")
+        inserted = _count(con, f"SELECT count(*) FROM {name}")
+        return WriteResult(inserted, 0, 0, [], [])
+
+    for column in added:
+        con.execute(f"ALTER TABLE {name} ADD COLUMN {ident(column)} {new[column]}")
+
+    where, params = target.where()
+    deleted = _count(con, f"SELECT count(*) FROM {name} WHERE {where}", params)
+    archived = 0
+    if deleted and retention_days > 0 and _differs(con, target, frame, new):
+        archived = _archive(con, target, run_id, deleted)
+    con.execute(f"DELETE FROM {name} WHERE {where}", params)
+    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {ident(frame)}")
+    if retention_days > 0 and _existing_types(con, target, history=True) is not None:
+        con.execute(
+            f"DELETE FROM {target.history} WHERE _replaced_at < current_timestamp - to_days(?)",
+            [retention_days],
+        )
+    inserted = _count(con, f"SELECT count(*) FROM {ident(frame)}")
+    return WriteResult(inserted, deleted, archived, added, missing)
+
+
+def check_rows(
+    con, target: Slice, frame: str, stored: dict[str, str] | None
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Refuse new rows that do not fit `target` (see the module); return their column types, the
+    columns they add and the stored columns they lack. `stored` None: nothing stored yet."""
     new = column_types(con, f"SELECT * FROM {ident(frame)}")
     if target.column is not None and target.column not in new:
         raise SchemaChangeError(
@@ -106,34 +141,12 @@ def _replace(con, target: Slice, frame: str, run_id: str, retention_days: int) -
             f"{target.schema}.{target.name}: {outside} new row(s) have {target.column} outside "
             f"[{target.start}, {target.end}): they would survive the next replacement"
         )
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(target.schema)}")
-    stored = _existing_types(con, target)
-    if stored is None or not _count(con, f"SELECT count(*) FROM {name}"):
-        # Nothing stored yet (or an empty table): the new rows set the table's columns and types.
-        con.execute(f"DROP TABLE IF EXISTS {name}")
-        con.execute(f"CREATE TABLE {name} AS SELECT * FROM {ident(frame)}")
-        inserted = _count(con, f"SELECT count(*) FROM {name}")
-        return WriteResult(inserted, 0, 0, [], [])
-
+    if stored is None:
+        return new, [], []
     added = [c for c in new if c not in stored]
     missing = [c for c in stored if c not in new]
     _refuse_incompatible(con, target, frame, stored, new, added)
-    for column in added:
-        con.execute(f"ALTER TABLE {name} ADD COLUMN {ident(column)} {new[column]}")
-
-    deleted = _count(con, f"SELECT count(*) FROM {name} WHERE {where}", params)
-    archived = 0
-    if deleted and retention_days > 0 and _differs(con, target, frame, new):
-        archived = _archive(con, target, run_id, deleted)
-    con.execute(f"DELETE FROM {name} WHERE {where}", params)
-    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM {ident(frame)}")
-    if retention_days > 0 and _existing_types(con, target, history=True) is not None:
-        con.execute(
-            f"DELETE FROM {target.history} WHERE _replaced_at < current_timestamp - to_days(?)",
-            [retention_days],
-        )
-    inserted = _count(con, f"SELECT count(*) FROM {ident(frame)}")
-    return WriteResult(inserted, deleted, archived, added, missing)
+    return new, added, missing
 
 
 def column_types(con, query: str, params: list | None = None) -> dict[str, str]:

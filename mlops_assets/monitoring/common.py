@@ -16,7 +16,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from mlops_assets.lib.sql import ident
-from mlops_assets.partitions import daily_partitions, dataset_spec, single_run
+from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
 from mlops_assets.resources import DUCKDB_POOL, MlflowTracking, table_exists
 
 GROUP = "monitoring"
@@ -29,7 +29,7 @@ DATE = dataset_spec.date.column
 
 DAILY = {
     "partitions_def": daily_partitions,
-    "backfill_policy": single_run,
+    "backfill_policy": daily_backfill,
     "metadata": {"partition_expr": DATE},
     "group_name": GROUP,
     "pool": DUCKDB_POOL,

@@ -7,7 +7,6 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.monitoring.common import DATE, GROUP, history
-from mlops_assets.partitions import single_run
 from mlops_assets.resources import ReportStore
 
 
@@ -21,7 +20,8 @@ class SummaryConfig(dg.Config):
     deps=["drift_report", "performance_estimate", "performance"],
     group_name=GROUP,
     kinds={"duckdb", "matplotlib"},
-    backfill_policy=single_run,
+    # Unpartitioned: one run in every mode (the daily assets fan out when distributed).
+    backfill_policy=dg.BackfillPolicy.single_run(),
     # A derived view: redraw it whenever a monitored day changes, without anyone asking.
     automation_condition=dg.AutomationCondition.eager(),
 )
