@@ -38,7 +38,7 @@ sys.modules["mlops_assets"] = _stub
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from flights_data import validated_lookups  # noqa: E402
+from flights_data import staged_source, validated_lookups  # noqa: E402
 
 from mlops_assets.lib import features, modeling, sources, validation  # noqa: E402
 from mlops_assets.lib.ab_testing.assignment import arms_of_encoded, encode_keys  # noqa: E402
@@ -58,14 +58,7 @@ ESTIMATOR = "hist_gradient_boosting"
 def load_features(cache: Path) -> pd.DataFrame:
     """Validated features of all 2013 (the same library calls as the data assets)."""
     start, after = SPEC.date.start, SPEC.date.end + dt.timedelta(days=1)
-    staged = sources.stage_csv(
-        SPEC.resolve(SPEC.source.path),
-        cache,
-        required_columns=list(SPEC.columns),
-        null_values=SPEC.source.null_values,
-        date_column=DATE,
-        date_expression=SPEC.date.expression,
-    )
+    staged = staged_source(SPEC, cache)
     valid = validation.validate_records(
         sources.read_dates(staged, DATE, start, after), SPEC, start, after
     ).valid

@@ -2,7 +2,8 @@
 
 `flights_with_weather` computes the spec's features with pandas from the package's CSV files
 (weather at the origin and scheduled hour), so a benchmark needs no warehouse;
-`validated_lookups` stages and checks the spec's lookups as the features asset does.
+`staged_source` and `validated_lookups` stage (and check) the spec's source and lookups as the
+data assets do.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def flights_with_weather() -> pd.DataFrame:
     df["day_of_week"] = df["flight_date"].dt.dayofweek + 1
     df["is_delayed"] = (df["dep_delay"] > 15).astype(float).where(df["dep_delay"].notna())
     return df
+
+
+def staged_source(spec, cache: Path) -> Path:
+    """The spec's source staged under `cache`, with its date column, as the raw asset stages it."""
+    return sources.stage_csv(
+        spec.resolve(spec.source.path),
+        cache,
+        required_columns=list(spec.columns),
+        null_values=spec.source.null_values,
+        date_column=spec.date.column,
+        date_expression=spec.date.expression,
+    )
 
 
 def validated_lookups(spec, cache: Path) -> dict[str, pd.DataFrame]:

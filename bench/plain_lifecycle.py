@@ -75,7 +75,7 @@ import mlflow  # noqa: E402
 import mlflow.sklearn  # noqa: E402
 import pandas as pd  # noqa: E402
 import sklearn.ensemble  # noqa: E402, F401
-from flights_data import validated_lookups  # noqa: E402
+from flights_data import staged_source, validated_lookups  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
 from mlops_assets.lib import (  # noqa: E402
@@ -164,14 +164,7 @@ class Warehouse:
 def build_data(data_dir: Path, wh: Warehouse, start: dt.date, end: dt.date) -> pd.DataFrame:
     cache = data_dir / "sources"
     after = end + dt.timedelta(days=1)
-    staged = sources.stage_csv(
-        SPEC.resolve(SPEC.source.path),
-        cache,
-        required_columns=list(SPEC.columns),
-        null_values=SPEC.source.null_values,
-        date_column=DATE,
-        date_expression=SPEC.date.expression,
-    )
+    staged = staged_source(SPEC, cache)
     raw = sources.read_dates(staged, DATE, start, after)
     q = SPEC.quality
     counts = quality.daily_row_counts(raw, DATE, start, after)

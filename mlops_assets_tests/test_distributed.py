@@ -23,6 +23,7 @@ import pytest
 
 from mlops_assets.lib import delta
 from mlops_assets.partitions import dataset_spec
+from mlops_assets_tests.conftest import LENIENT_GATES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "distributed.sh"
@@ -238,15 +239,7 @@ TRAINING = {
     "ops": {
         "training_set": {"config": {"start": "2013-01-01", "end": "2013-01-14"}},
         "model": {"config": {"search": "none", "calibrate": False, "params": {"max_iter": 30}}},
-        "evaluation": {
-            "config": {
-                "baseline_margin": -1.0,
-                "champion_margin": -1.0,
-                "rate_factor": 1000.0,
-                "min_test_days": 1,
-                "n_resamples": 100,
-            }
-        },
+        "evaluation": {"config": LENIENT_GATES},
         "feature_importance": {"config": {"n_repeats": 1, "max_rows": 1000}},
     }
 }

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from mlops_assets.partitions import dataset_spec
+from mlops_assets_tests.conftest import LENIENT_GATES
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -221,15 +222,7 @@ TRAINING_CONFIG = {
         },
         "model": {"config": {"search": "none"}},
         # So little data (one test day) must not decide whether the gates pass.
-        "evaluation": {
-            "config": {
-                "baseline_margin": -1.0,
-                "champion_margin": -1.0,
-                "rate_factor": 1000.0,
-                "min_test_days": 1,
-                "n_resamples": 100,
-            }
-        },
+        "evaluation": {"config": LENIENT_GATES},
         "feature_importance": {"config": {"n_repeats": 1, "max_rows": 2000}},
     }
 }

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from mlops_assets import evaluation, features, ingestion, promotion, training, validation
 from mlops_assets.lib import registry
-from mlops_assets_tests.conftest import SAMPLE_DAYS, range_tags
+from mlops_assets_tests.conftest import LENIENT_GATES, SAMPLE_DAYS, range_tags
 
 TRAINING_ASSETS = [
     training.training_set,
@@ -18,16 +18,6 @@ TRAINING_ASSETS = [
     promotion.champion_model,
 ]
 WINDOW = {"start": "2013-01-01", "end": f"2013-01-{SAMPLE_DAYS}"}
-# 14 days of 30 flights leave 2 test days: far too few to judge a model, so these runs judge
-# anyway (min_test_days=1) with margins no model misses; the gates' logic is tested in
-# lib/test_decision.py on data large enough to mean something.
-LENIENT = {
-    "baseline_margin": -1.0,
-    "champion_margin": -1.0,
-    "rate_factor": 1000.0,
-    "min_test_days": 1,
-    "n_resamples": 100,
-}
 
 
 def run_config(gates=None, promote=False, **model):
@@ -36,7 +26,7 @@ def run_config(gates=None, promote=False, **model):
         "ops": {
             "training_set": {"config": WINDOW},
             "model": {"config": model},
-            "evaluation": {"config": {**LENIENT, **(gates or {})}},
+            "evaluation": {"config": {**LENIENT_GATES, **(gates or {})}},
             "feature_importance": {"config": {"n_repeats": 2}},
             "champion_model": {"config": {"promote_challenger": promote}},
         }
