@@ -25,17 +25,26 @@ no deletion vectors, so the files hold exactly the table's rows.
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import random
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlops_assets.lib.sql import ident, literal, table
-from mlops_assets.lib.storage import SchemaChangeError, Slice, WriteResult, check_rows, column_types
+from mlops_assets.lib.storage import (
+    SchemaChangeError,
+    Slice,
+    Version,
+    WriteResult,
+    check_rows,
+    column_types,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -46,8 +55,12 @@ COMMIT_ATTEMPTS = 8
 """Writes redone after losing a commit race (each against the newer version), then an error."""
 WRITER_KEY = "mlops.writer"
 """Commit metadata naming who wrote a commit: the IO manager or SQL through a session."""
+SLICE_KEYS = ("mlops.slice_column", "mlops.slice_start", "mlops.slice_end")
+"""Commit metadata of a slice replacement (delta-rs rewrites the predicate's text): the days a
+commit replaced, which `versions` reads back."""
 IO_WRITER, SQL_WRITER = "io_manager", "sql"
 LOCK_FILE = ".sql.lock"
+ONE_DAY = dt.timedelta(days=1)
 # Types Delta cannot store, and the DuckDB type stored instead.
 _STORABLE = {
     "NULL": "VARCHAR",
@@ -138,7 +151,11 @@ def replace_slice(
     from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import CommitFailedError, DeltaError
 
-    commit = CommitProperties(custom_metadata={WRITER_KEY: IO_WRITER, "dagster_run_id": run_id})
+    metadata = {WRITER_KEY: IO_WRITER, "dagster_run_id": run_id}
+    if target.column is not None:
+        bounds = (target.column, target.start.isoformat(), target.end.isoformat())
+        metadata.update(zip(SLICE_KEYS, bounds, strict=True))
+    commit = CommitProperties(custom_metadata=metadata)
     for attempt in range(COMMIT_ATTEMPTS):
         delta = open_table(uri)
         stored = None if delta is None else _stored_types(con, delta)
@@ -185,6 +202,89 @@ def read_slice(con: duckdb.DuckDBPyConnection, uri: str, target: Slice) -> pd.Da
         raise FileNotFoundError(f"{uri}: no Delta table here; materialize {target.name} first")
     where, params = target.where()
     return con.execute(f"SELECT * FROM {scan(con, delta)} WHERE {where}", params).fetchdf()
+
+
+def _day(column: str) -> str:
+    return f"{ident(column)} >= ? AND {ident(column)} < ?"
+
+
+def _bounds(day: dt.date) -> list[dt.datetime]:
+    start = dt.datetime.combine(day, dt.time())
+    return [start, start + ONE_DAY]
+
+
+@dataclass(frozen=True)
+class DeltaVersion(Version):
+    """An earlier content of a day: the table's version just before a commit replaced it."""
+
+    column: str
+    table_version: int
+
+
+def versions(con: duckdb.DuckDBPyConnection, uri: str, day: dt.date) -> list[DeltaVersion]:
+    """The earlier contents of one day still in the table's versions (until a vacuum), newest
+    first: for each commit that replaced a slice holding `day`, the day just before it, when it
+    held rows. `replaced_at` is the commit's time, `replaced_by` its run."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    delta = open_table(uri)
+    if delta is None:
+        return []
+    moment = dt.datetime.combine(day, dt.time())
+    found = []
+    for commit in delta.history():  # newest first
+        column, start, end = (commit.get(key) for key in SLICE_KEYS)
+        if column is None or commit["version"] == 0:
+            continue
+        if not dt.datetime.fromisoformat(start) <= moment < dt.datetime.fromisoformat(end):
+            continue
+        before = DeltaTable(uri, version=commit["version"] - 1)
+        query = f"SELECT count(*) FROM {scan(con, before)} WHERE {_day(column)}"
+        try:
+            (rows,) = con.execute(query, _bounds(day)).fetchone()
+        except duckdb.IOException:  # its files were vacuumed: not kept any more
+            continue
+        if rows:
+            replaced_at = dt.datetime.fromtimestamp(commit["timestamp"] / 1000, dt.UTC)
+            by = commit.get("dagster_run_id", "")
+            found.append(DeltaVersion(replaced_at, by, rows, column, commit["version"] - 1))
+    return found
+
+
+def restore_day(
+    con: duckdb.DuckDBPyConnection,
+    uri: str,
+    schema: str,
+    name: str,
+    day: dt.date,
+    *,
+    replaced_at: dt.datetime | None = None,
+) -> WriteResult:
+    """Put back `day` of the table `schema.name` at `uri` as it was before a replacement (the
+    latest, or the one at `replaced_at`), in one commit that is itself a version `versions`
+    lists: a restore can be undone the same way."""
+    from deltalake import DeltaTable
+
+    found = versions(con, uri, day)
+    if replaced_at is not None:
+        found = [v for v in found if v.replaced_at == replaced_at]
+    if not found:
+        raise LookupError(f"{schema}.{name}: no earlier version of {day} kept")
+    version = found[0]
+    before = DeltaTable(uri, version=version.table_version)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE restored_rows AS "
+        f"SELECT * FROM {scan(con, before)} WHERE {_day(version.column)}",
+        _bounds(day),
+    )
+    restored = Slice(schema, name, version.column, *_bounds(day))
+    run_id = f"restore of version {version.table_version}"
+    try:
+        result, _ = replace_slice(con, uri, restored, "restored_rows", run_id=run_id)
+    finally:
+        con.execute("DROP TABLE IF EXISTS restored_rows")
+    return result
 
 
 def tables(root: str) -> dict[tuple[str, str], str]:

@@ -96,6 +96,26 @@ def test_an_empty_frame_empties_its_day_and_a_whole_table_write_replaces_all(tmp
     assert counts(tmp_path) == {6: 1}
 
 
+def test_a_replaced_day_is_restored_from_the_earlier_version_and_the_restore_undone(tmp_path):
+    from mlops_assets.restore import main as restore
+
+    write(tmp_path, rows(0, 3), day_slice(0))
+    write(tmp_path, rows(1, 4), day_slice(1))
+    two_days = Slice("s", "t", "d", DAY, DAY + dt.timedelta(days=2))  # a range run's write
+    write(tmp_path, pd.concat([rows(0, 1, x=9), rows(1, 2, x=8)]), two_days)
+    args = ["t", "2013-01-02", "--warehouse-root", str(tmp_path), "--schema", "s"]
+    with duckdb.connect() as con:
+        kept = delta.versions(con, str(tmp_path / "s" / "t"), DAY.date() + dt.timedelta(days=1))
+    assert [(v.rows, v.replaced_by, v.table_version) for v in kept] == [(4, "r", 1)]
+
+    assert restore(args) == 0
+    frame = stored(tmp_path)
+    assert frame.groupby("d")["x"].apply(list).tolist() == [[9], [0, 1, 2, 3]]  # day 1 untouched
+    assert restore(args) == 0  # the restore is a version too: undo it
+    assert counts(tmp_path) == {1: 1, 2: 2}
+    assert restore([*args[:1], "2013-01-05", *args[2:]]) == 1  # nothing kept for that day
+
+
 WRITER = """
 import sys, time, duckdb, pandas as pd
 from pathlib import Path
