@@ -107,14 +107,22 @@ def per_partition(result, asset):
     }
 
 
-def check(result, name):
-    (evaluation,) = [
+def checks(result, name):
+    """The check's evaluations by partition: one per day of the run, on that day."""
+    evaluations = [
         e.asset_check_evaluation_data
         for e in result.all_events
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
         and e.asset_check_evaluation_data.check_name == name
     ]
-    return evaluation
+    by_day = {e.partition: e for e in evaluations}
+    assert len(by_day) == len(evaluations) and None not in by_day
+    return by_day
+
+
+def run_metadata(result, asset):
+    (materialization, *_) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in materialization.metadata.items()}
 
 
 def test_predictions_carry_the_model_version_and_a_rerun_replaces_a_day(env):
@@ -260,10 +268,15 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
     # Decisions at the champion's threshold, not at 0.5.
     assert predicted_rate == pytest.approx(np.mean(p >= THRESHOLDS["1"]))
     assert n == len(y) and version == "1"
-    warned = check(result, PERFORMANCE_CHECK)
-    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert warned.metadata["test_roc_auc"].value == pytest.approx(world["reference"]["roc_auc"])
-    assert warned.metadata["days_below"].value == 3
+    warned = checks(result, PERFORMANCE_CHECK)
+    assert sorted(warned) == ["2013-01-08", "2013-01-09", "2013-01-10"]
+    for evaluation in warned.values():  # every day below the (in-sample) test metrics
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert "against the test value" in evaluation.description
+        assert evaluation.metadata["kept_out"].value is False  # not blocking: only flagged
+    meta = run_metadata(result, "performance")
+    assert meta["test_roc_auc"] == pytest.approx(world["reference"]["roc_auc"])
+    assert meta["days_below"] == 3
 
     lenient = {
         "min_labelled_records": 1,
@@ -271,7 +284,10 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
         "max_relative_drop": 1.0,
         "coverage": 0.999999,
     }
-    assert check(run(env, SCORED, start="2013-01-08", perf=lenient), PERFORMANCE_CHECK).passed
+    [passed] = checks(
+        run(env, SCORED, start="2013-01-08", perf=lenient), PERFORMANCE_CHECK
+    ).values()
+    assert passed.passed and passed.partition == "2013-01-08"
 
 
 def test_decisions_use_the_models_registered_threshold(ranged):
@@ -307,8 +323,10 @@ def test_the_estimate_comes_before_labels_and_sits_beside_the_realized_value(ran
         assert low_p <= beside <= high_p
         # A day whose labelled records hold one class has no ROC AUC: never outside the band.
         assert outside == (realized is not None and not low_p <= realized <= high_p)
-    estimated = check(ranged["result"], ESTIMATE_CHECK)
-    assert estimated.metadata["days_judged"].value == 3
+    estimated = checks(ranged["result"], ESTIMATE_CHECK)
+    assert sorted(estimated) == ["2013-01-08", "2013-01-09", "2013-01-10"]
+    assert all(e.metadata["judged"].value for e in estimated.values())
+    assert run_metadata(ranged["result"], "performance_estimate")["days_judged"] == 3
 
 
 def test_a_day_with_few_labels_is_judged_on_a_trailing_week_and_nothing_is_never_green(env):
@@ -329,22 +347,27 @@ def test_a_day_with_few_labels_is_judged_on_a_trailing_week_and_nothing_is_never
     assert rows["10"][:2] == (True, 4) and rows["10"][2] >= 100
     meta = per_partition(result, "performance")
     assert meta["2013-01-01"]["not_judged"].startswith("not judged: n=")
-    warned = check(result, PERFORMANCE_CHECK)
-    assert not warned.passed and warned.metadata["days_not_judged"].value >= 3
+    warned = checks(result, PERFORMANCE_CHECK)
+    assert len(warned) == 10
+    for day in ("2013-01-01", "2013-01-02", "2013-01-03"):
+        assert not warned[day].passed and warned[day].severity == dg.AssetCheckSeverity.WARN
+        assert warned[day].description.startswith("not judged: n=")
 
-    nothing = {"min_labelled_records": 1000, "max_window_days": 7}
+    nothing = {"min_labelled_records": 1000, "max_window_days": 7, "blocking": True}
     result = run(env, SCORED, start="2013-01-08", perf=nothing)
-    warned = check(result, PERFORMANCE_CHECK)
+    [warned] = checks(result, PERFORMANCE_CHECK).values()
+    # Not judged: a warning even when blocking, and the day is not kept out.
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.description.startswith("not judged")
+    assert warned.metadata["kept_out"].value is False
 
 
 def test_a_drift_check_that_judged_nothing_is_not_green(env):
     tiny = {**WINDOW, "html": "none", "min_rows": 1000}
     result = run(env, DRIFT, start="2013-01-09", drift=tiny)
-    warned = check(result, DRIFT_CHECK)
+    [warned] = checks(result, DRIFT_CHECK).values()
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert warned.description.startswith("not judged")
+    assert warned.description.startswith("not judged") and warned.partition == "2013-01-09"
     [(judged, alarm, reason)] = sql(
         env, "SELECT judged, alarm, not_judged_reason FROM flights.drift_report"
     )
