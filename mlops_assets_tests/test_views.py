@@ -263,8 +263,8 @@ class Page:
 
 @contextmanager
 def page(url: str):
-    """`url` open in headless Chromium, driven through its DevTools socket (websockets, which
-    the Evidently and Dagster servers already depend on)."""
+    """`url` open in headless Chromium, driven through its DevTools socket (websockets, a dev
+    dependency that the servers' uvicorn already installs)."""
     from websockets.sync.client import connect
 
     profiles = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
