@@ -222,8 +222,9 @@ def _store_design(warehouse: DuckDBResource, design) -> None:
         con.execute(f"INSERT INTO {DESIGNS_TABLE} BY NAME FROM design_row")
 
 
-def _log_to_mlflow(mlflow: MlflowTracking, context, decision) -> str:
-    """The experiment's MLflow run: the design as params, the sequence as metrics by day."""
+def _log_to_mlflow(mlflow: MlflowTracking, context, decision, excluded) -> str:
+    """The experiment's MLflow run: the design as params, the sequence as metrics by day, the
+    days left out by blocking checks as a param."""
     import time
 
     import mlflow as mlflow_api
@@ -233,6 +234,10 @@ def _log_to_mlflow(mlflow: MlflowTracking, context, decision) -> str:
 
     with mlflow.run(context, tags={"ab_experiment": decision.design.experiment}) as run:
         mlflow_api.log_params({f"ab_design_{k}": v for k, v in design_row(decision).items()})
+        # MLflow params hold up to 6000 characters: the days, their reasons in the report.
+        mlflow_api.log_param(
+            "ab_excluded_days", ", ".join(str(d) for d in sorted(excluded))[:6000] or "none"
+        )
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, value, now, look.days)
@@ -266,9 +271,11 @@ def ab_results(
 
     Looks are always valid (a confidence sequence over days), decisions start after the minimum
     runtime, and stop at the deciding day or the maximum runtime (lib.ab_testing.decision).
+    Days a blocking monitoring check failed are left out, and listed with the reason.
     """
     import math
 
+    from mlops_assets.lib import gates
     from mlops_assets.lib.ab_testing import report
     from mlops_assets.lib.ab_testing.decision import decide
     from mlops_assets.lib.ab_testing.inference import Records
@@ -292,6 +299,15 @@ def ab_results(
         )
     if rows.empty:
         raise dg.Failure(f"{experiment}: no labelled outcomes yet; materialize ab_outcomes first")
+    day = rows[spec.date.column].dt.date
+    with warehouse.get_connection() as con:
+        excluded = gates.excluded_days(con, spec.name, day.min(), day.max())
+        gates.record_exclusions(
+            con, spec.name, consumer="ab_results", run_id=context.run_id, excluded=excluded
+        )
+    rows = rows[~day.isin(excluded)]
+    if rows.empty:
+        raise dg.Failure(f"{experiment}: every labelled day was kept out by a blocking check")
     design = _stored_design(warehouse, experiment)
     if design is None:
         reference = client.get_run(champion.run_id).data.metrics.get("test_log_loss", math.nan)
@@ -309,6 +325,8 @@ def ab_results(
     except ValueError as error:
         raise dg.Failure(f"{experiment}: {error}") from None
     markdown = report.to_markdown(decision)
+    left_out = gates.exclusions_markdown(excluded)
+    markdown += f"\n\n### Days left out by blocking monitoring checks\n\n{left_out}\n"
     path = reports.path("ab", f"{experiment}.md")
     path.write_text(
         f"# A/B test {experiment}\n\nChampion (control) v{champion.version}, challenger "
@@ -316,7 +334,7 @@ def ab_results(
     )
     context.log.info(f"{experiment}: {decision.decision} ({decision.status})")
     metadata = report.to_metadata(decision)
-    run_id = _log_to_mlflow(mlflow, context, decision)
+    run_id = _log_to_mlflow(mlflow, context, decision, excluded)
     result = report.ABResult(
         experiment=experiment,
         champion_version=champion.version,
@@ -331,6 +349,8 @@ def ab_results(
         metadata={
             **metadata,
             "experiment": experiment,
+            "excluded_days": len(excluded),
+            "excluded": dg.MetadataValue.md(left_out),
             "report": dg.MetadataValue.md(markdown),
             "report_path": dg.MetadataValue.path(str(path)),
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),

@@ -121,9 +121,12 @@ def window_dates(config: TrainingSetConfig) -> tuple[dt.date, dt.date]:
 def training_set(
     context: dg.AssetExecutionContext, config: TrainingSetConfig, warehouse: DuckDBResource
 ):
-    """Labelled feature rows of the training window, split in time order (test = latest days)."""
+    """Labelled feature rows of the training window, split in time order (test = latest days).
+
+    Days a blocking monitoring check failed are left out, and listed with the reason."""
     import pandas as pd
 
+    from mlops_assets.lib import gates
     from mlops_assets.lib.modeling import SPLIT_COLUMN, hash_frame, time_split
     from mlops_assets.lib.sources import to_pandas
 
@@ -141,10 +144,11 @@ def training_set(
                 params=[start, end + dt.timedelta(days=1)],
             )
         )
+        excluded = gates.excluded_days(con, spec.name, start, end)
     days = frame[date].dt.normalize().nunique()
     expected = (end - start).days + 1
     if days < expected:
-        present = set(frame[date].dt.date)
+        present = set(frame[date].dt.date) | set(excluded)
         missing = [
             str(start + dt.timedelta(d))
             for d in range(expected)
@@ -154,6 +158,15 @@ def training_set(
             f"features are missing for {len(missing)} day(s) of the window {start}..{end}, "
             f"e.g. {missing[:5]}: materialize them first (features with --partition-range)."
         )
+    if excluded:
+        frame = frame[~frame[date].dt.date.isin(excluded)]
+        context.log.warning(f"left out {len(excluded)} day(s) a blocking check failed")
+        with warehouse.get_connection() as con:
+            gates.record_exclusions(
+                con, spec.name, consumer="training_set", run_id=context.run_id, excluded=excluded
+            )
+    if frame.empty:
+        raise dg.Failure(f"every day of the window {start}..{end} was kept out by a check")
     train, validation, test = time_split(
         frame, date, config.validation_fraction, config.test_fraction
     )
@@ -165,6 +178,8 @@ def training_set(
     metadata = {
         "window": f"{start}..{end}",
         "data_hash": hash_frame(frame),
+        "excluded_days": len(excluded),
+        "excluded": dg.MetadataValue.md(gates.exclusions_markdown(excluded)),
         **{f"rows/{name}": len(part) for name, part in parts.items()},
         **{
             f"positive_rate/{name}": float(part[label].mean())

@@ -16,6 +16,7 @@ from sklearn.metrics import brier_score_loss
 
 from mlops_assets import ab_testing, automation, monitoring
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
+from mlops_assets.lib.dashboard import FIGURES_TAG
 from mlops_assets.monitoring.drift import DRIFT_CHECK
 from mlops_assets.monitoring.performance import ESTIMATE_CHECK, PERFORMANCE_CHECK
 from mlops_assets.partitions import dataset_spec as spec
@@ -107,14 +108,22 @@ def per_partition(result, asset):
     }
 
 
-def check(result, name):
-    (evaluation,) = [
+def checks(result, name):
+    """The check's evaluations by partition: one per day of the run, on that day."""
+    evaluations = [
         e.asset_check_evaluation_data
         for e in result.all_events
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
         and e.asset_check_evaluation_data.check_name == name
     ]
-    return evaluation
+    by_day = {e.partition: e for e in evaluations}
+    assert len(by_day) == len(evaluations) and None not in by_day
+    return by_day
+
+
+def run_metadata(result, asset):
+    (materialization, *_) = result.asset_materializations_for_node(asset)
+    return {k: v.value for k, v in materialization.metadata.items()}
 
 
 def test_predictions_carry_the_model_version_and_a_rerun_replaces_a_day(env):
@@ -177,7 +186,8 @@ def test_html_for_the_last_day_only_and_snapshots_in_the_workspace(ranged):
     workspace = Workspace(str(ranged["dir"] / "evidently"))
     [project] = workspace.search_project("flights drift")
     runs = [workspace.get_run(project.id, i) for i in workspace.list_runs(project.id)]
-    assert sorted(r.timestamp for r in runs) == [dt.datetime(2013, 1, d) for d in (8, 9, 10)]
+    drift = [r for r in runs if FIGURES_TAG not in r.tags]  # the summary adds the day's figures
+    assert sorted(r.timestamp for r in drift) == [dt.datetime(2013, 1, d) for d in (8, 9, 10)]
 
 
 def test_the_summary_shows_the_days_by_date(ranged):
@@ -185,9 +195,13 @@ def test_the_summary_shows_the_days_by_date(ranged):
     assert Path(meta["plot_file"].value).read_bytes()[:4] == b"\x89PNG"
     assert meta["plot"].value.startswith("![monitoring by date](data:image/png;base64,iVBOR")
     assert meta["days_with_drift"].value == 3 and meta["days_judged"].value == 3
-    daily = meta["daily"].value
-    assert all(f"2013-01-{d}" in daily for d in ("08", "09", "10"))
-    assert "estimated_roc_auc" in daily and "max_z" in daily
+    daily = [record.data for record in meta["daily"].records]
+    assert [row["flight_date"] for row in daily] == ["2013-01-08", "2013-01-09", "2013-01-10"]
+    stored = sql(ranged, "SELECT max_z FROM flights.drift_report ORDER BY flight_date")
+    assert [row["max_z"] for row in daily] == [round(z, 3) for (z,) in stored]
+    assert all(row["estimated_roc_auc"] is not None for row in daily)
+    # The same days went to the Evidently project, charted there by date (test_views.py).
+    assert meta["evidently_days_written"].value == 3
     assert "2013-01" in meta["monthly"].value
 
 
@@ -260,10 +274,15 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
     # Decisions at the champion's threshold, not at 0.5.
     assert predicted_rate == pytest.approx(np.mean(p >= THRESHOLDS["1"]))
     assert n == len(y) and version == "1"
-    warned = check(result, PERFORMANCE_CHECK)
-    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert warned.metadata["test_roc_auc"].value == pytest.approx(world["reference"]["roc_auc"])
-    assert warned.metadata["days_below"].value == 3
+    warned = checks(result, PERFORMANCE_CHECK)
+    assert sorted(warned) == ["2013-01-08", "2013-01-09", "2013-01-10"]
+    for evaluation in warned.values():  # every day below the (in-sample) test metrics
+        assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert "against the test value" in evaluation.description
+        assert evaluation.metadata["kept_out"].value is False  # not blocking: only flagged
+    meta = run_metadata(result, "performance")
+    assert meta["test_roc_auc"] == pytest.approx(world["reference"]["roc_auc"])
+    assert meta["days_below"] == 3
 
     lenient = {
         "min_labelled_records": 1,
@@ -271,7 +290,10 @@ def test_performance_matches_an_independent_computation_and_the_check_warns(rang
         "max_relative_drop": 1.0,
         "coverage": 0.999999,
     }
-    assert check(run(env, SCORED, start="2013-01-08", perf=lenient), PERFORMANCE_CHECK).passed
+    [passed] = checks(
+        run(env, SCORED, start="2013-01-08", perf=lenient), PERFORMANCE_CHECK
+    ).values()
+    assert passed.passed and passed.partition == "2013-01-08"
 
 
 def test_decisions_use_the_models_registered_threshold(ranged):
@@ -307,8 +329,10 @@ def test_the_estimate_comes_before_labels_and_sits_beside_the_realized_value(ran
         assert low_p <= beside <= high_p
         # A day whose labelled records hold one class has no ROC AUC: never outside the band.
         assert outside == (realized is not None and not low_p <= realized <= high_p)
-    estimated = check(ranged["result"], ESTIMATE_CHECK)
-    assert estimated.metadata["days_judged"].value == 3
+    estimated = checks(ranged["result"], ESTIMATE_CHECK)
+    assert sorted(estimated) == ["2013-01-08", "2013-01-09", "2013-01-10"]
+    assert all(e.metadata["judged"].value for e in estimated.values())
+    assert run_metadata(ranged["result"], "performance_estimate")["days_judged"] == 3
 
 
 def test_a_day_with_few_labels_is_judged_on_a_trailing_week_and_nothing_is_never_green(env):
@@ -329,22 +353,27 @@ def test_a_day_with_few_labels_is_judged_on_a_trailing_week_and_nothing_is_never
     assert rows["10"][:2] == (True, 4) and rows["10"][2] >= 100
     meta = per_partition(result, "performance")
     assert meta["2013-01-01"]["not_judged"].startswith("not judged: n=")
-    warned = check(result, PERFORMANCE_CHECK)
-    assert not warned.passed and warned.metadata["days_not_judged"].value >= 3
+    warned = checks(result, PERFORMANCE_CHECK)
+    assert len(warned) == 10
+    for day in ("2013-01-01", "2013-01-02", "2013-01-03"):
+        assert not warned[day].passed and warned[day].severity == dg.AssetCheckSeverity.WARN
+        assert warned[day].description.startswith("not judged: n=")
 
-    nothing = {"min_labelled_records": 1000, "max_window_days": 7}
+    nothing = {"min_labelled_records": 1000, "max_window_days": 7, "blocking": True}
     result = run(env, SCORED, start="2013-01-08", perf=nothing)
-    warned = check(result, PERFORMANCE_CHECK)
+    [warned] = checks(result, PERFORMANCE_CHECK).values()
+    # Not judged: a warning even when blocking, and the day is not kept out.
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.description.startswith("not judged")
+    assert warned.metadata["kept_out"].value is False
 
 
 def test_a_drift_check_that_judged_nothing_is_not_green(env):
     tiny = {**WINDOW, "html": "none", "min_rows": 1000}
     result = run(env, DRIFT, start="2013-01-09", drift=tiny)
-    warned = check(result, DRIFT_CHECK)
+    [warned] = checks(result, DRIFT_CHECK).values()
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert warned.description.startswith("not judged")
+    assert warned.description.startswith("not judged") and warned.partition == "2013-01-09"
     [(judged, alarm, reason)] = sql(
         env, "SELECT judged, alarm, not_judged_reason FROM flights.drift_report"
     )

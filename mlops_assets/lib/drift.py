@@ -378,10 +378,10 @@ def save_to_workspace(
     """Add the snapshot to a local Evidently workspace (project created on first use); its id.
 
     View with `evidently ui --workspace <workspace_dir>` (default http://127.0.0.1:8000).
-    With `replace_same_timestamp`, runs of the project with the same timestamp are deleted first,
-    so re-running a batch replaces its snapshot instead of adding a duplicate. That scan reads
-    every stored snapshot of the project (small without figures, ~4 MB each with them): to save
-    many batches, use `save_snapshots_to_workspace`, which scans once.
+    With `replace_same_timestamp`, runs of the project with the same timestamp and tags are
+    deleted first, so re-running a batch replaces its snapshot instead of adding a duplicate.
+    That scan reads every stored snapshot of the project (small without figures, ~4 MB each with
+    them): to save many batches, use `save_snapshots_to_workspace`, which scans once.
     """
     [snapshot_id] = save_snapshots_to_workspace(
         [snapshot],
@@ -416,9 +416,12 @@ def save_snapshots_to_workspace(
         else:
             project = workspace.create_project(project_name, description=description)
         if replace_same_timestamp and snapshots:
-            timestamps = {s.to_snapshot_model().timestamp for s in snapshots}
+            # Same timestamp AND tags: other snapshots of the day (the dashboard's daily
+            # figures, lib.dashboard) are not this kind and stay.
+            models = [s.to_snapshot_model() for s in snapshots]
+            replaced = {(m.timestamp, frozenset(m.tags)) for m in models}
             for run_id in workspace.list_runs(project.id):
                 run = workspace.get_run(project.id, run_id)
-                if run is not None and run.timestamp in timestamps:
+                if run is not None and (run.timestamp, frozenset(run.tags)) in replaced:
                     workspace.delete_run(project.id, run_id)
         return [str(workspace.add_run(project.id, s).id) for s in snapshots]

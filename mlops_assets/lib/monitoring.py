@@ -219,19 +219,31 @@ def daily_series(
     *,
     date_column: str,
 ) -> pd.DataFrame:
-    """One row per monitored day: drift alarm and statistic, estimated and realized ROC AUC."""
+    """One row per monitored day: drift alarm, statistic and threshold, drift share and drifted
+    columns, estimated and realized ROC AUC (and whether each part was judged)."""
     parts = []
     for frame, columns in (
-        (drift, ["judged", "alarm", "max_z", "drift_share", "drifted_columns", "domain_auc"]),
+        (
+            drift,
+            [
+                "judged",
+                "alarm",
+                "max_z",
+                "threshold",
+                "drift_share",
+                "n_drifted_columns",
+                "drifted_columns",
+                "domain_auc",
+            ],
+        ),
         (estimates, ["estimated_roc_auc", "roc_auc_low", "roc_auc_high"]),
-        (performance, ["roc_auc", "window_days", "outside_band"]),
+        (performance, ["judged", "roc_auc", "window_days", "outside_band"]),
     ):
         if not frame.empty:
             present = [c for c in columns if c in frame.columns]
             part = frame.set_index(date_column)[present]
-            if frame is drift:
-                part = part.rename(columns={"judged": "drift_judged"})
-            parts.append(part)
+            judged = "drift_judged" if frame is drift else "performance_judged"
+            parts.append(part.rename(columns={"judged": judged}))
     if not parts:
         return pd.DataFrame()
     table = pd.concat(parts, axis=1).sort_index()

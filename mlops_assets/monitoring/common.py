@@ -14,6 +14,7 @@ import functools
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from mlops_assets.lib.sql import ident
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
@@ -95,3 +96,115 @@ def history(warehouse: DuckDBResource, table: str):
         if not table_exists(con, f"{schema}.{table}"):
             return pd.DataFrame()
         return con.execute(f"SELECT * FROM {schema}.{table} ORDER BY {ident(DATE)}").df()
+
+
+# One home for the default: monitoring checks flag and do not block unless configured to. On the
+# embedded data the drift alarms and performance drops of the monitored months are real seasonal
+# change, which the next model must learn from; block when a failing day means broken data.
+BLOCKING_DEFAULT = False
+
+
+def blocking_field():
+    return Field(
+        default=BLOCKING_DEFAULT,
+        description="Blocking: a day this check judges and fails is kept out of the A/B "
+        "analysis and of the next training set (the reason is recorded); otherwise it is only "
+        "flagged. A day that could not be judged is never kept out.",
+    )
+
+
+def day_checks(
+    context: dg.AssetExecutionContext,
+    warehouse: DuckDBResource,
+    check_name: str,
+    gates: list,
+    *,
+    run_days: list[str],
+    metadata: dict[str, dict] | None = None,
+) -> list:
+    """Each day's verdict (`lib.gates.DayGate`) as an evaluation of the check ON THAT DAY'S
+    partition, recorded in the gates table for the consumers of the days.
+
+    Dagster's own `blocking` stops every downstream step of the run (all days of a range) and
+    only after the failing partition is stored; here the check's `blocking` setting keeps only
+    the failing DAY out of what follows, by way of the gates table. So the spec is not blocking,
+    and a failing blocking verdict is an ERROR, a non-blocking or unjudged one a WARN.
+    """
+    import datetime as dt
+
+    from mlops_assets.lib import gates as lib_gates
+
+    asset_key = context.assets_def.key
+    with warehouse.get_connection() as con:
+        lib_gates.record_gates(
+            con,
+            dataset_spec.name,
+            asset=asset_key.to_user_string(),
+            check_name=check_name,
+            days=[dt.date.fromisoformat(d) for d in run_days],
+            gates=gates,
+            run_id=context.run_id,
+        )
+    key = dg.AssetCheckKey(asset_key, check_name)
+    if key not in context.selected_asset_check_keys:
+        return []
+    targets = _target_materializations(context, asset_key, run_days)
+    # The check's own output, once: Dagster requires it; the verdicts are the evaluations below.
+    evaluations: list = [
+        dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+    ]
+    for gate in gates:
+        day = gate.day.isoformat()
+        evaluations.append(
+            dg.AssetCheckEvaluation(
+                asset_key=asset_key,
+                check_name=check_name,
+                passed=gate.passed,
+                severity=dg.AssetCheckSeverity.ERROR
+                if gate.excludes
+                else dg.AssetCheckSeverity.WARN,
+                description=gate.reason,
+                metadata={
+                    "judged": gate.judged,
+                    "blocking": gate.blocking,
+                    "kept_out": gate.excludes,
+                    **(metadata or {}).get(day, {}),
+                },
+                blocking=False,
+                partition=day,
+                target_materialization_data=targets.get(day),
+            )
+        )
+    return evaluations
+
+
+def _target_materializations(context, asset_key: dg.AssetKey, run_days: list[str]) -> dict:
+    """The materialization of each day this run just stored, so the UI shows each day's check
+    as current for it (one event-log query for the whole range)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData as Target,
+    )
+
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=run_days),
+        limit=len(run_days),
+    ).records
+    targets = {}
+    for record in records:
+        if record.run_id == context.run_id and record.partition_key not in targets:
+            targets[record.partition_key] = Target(
+                run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp
+            )
+    return targets
+
+
+def check_spec(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
+    """A check evaluated per day, on the day's partition."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # Checks on partitions are a preview in Dagster 1.13: the warning says nothing new.
+        warnings.simplefilter("ignore", category=dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            name, asset=asset, description=description, partitions_def=daily_partitions
+        )

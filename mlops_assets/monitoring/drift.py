@@ -19,7 +19,10 @@ from mlops_assets.monitoring.common import (
     DAILY,
     DATE,
     PROBABILITY,
+    blocking_field,
     champion_rows,
+    check_spec,
+    day_checks,
     day_of,
     days,
     pipeline,
@@ -68,6 +71,7 @@ class DriftConfig(dg.Config):
     save_to_workspace: bool = Field(
         default=True, description="Save each day's Evidently snapshot to the workspace."
     )
+    blocking: bool = blocking_field()
 
     def null_key(self) -> str:
         """What the null distribution depends on besides the model version."""
@@ -188,11 +192,12 @@ def load_calibration(
     deps=[CHAMPION_ASSET],
     kinds={"duckdb", "evidently"},
     check_specs=[
-        dg.AssetCheckSpec(
+        check_spec(
             DRIFT_CHECK,
-            asset="drift_report",
-            description="No day alarms against the calibrated thresholds, and every day was "
-            "judged (warning: the alarming and the not judged days are listed).",
+            "drift_report",
+            "Per day: the day does not alarm against the calibrated thresholds (a day too small "
+            "to judge warns, never passes). With `blocking`, a day that alarms is kept out of "
+            "the A/B analysis and the next training set.",
         )
     ],
 )
@@ -222,12 +227,7 @@ def drift_report(
         for day in days(context):
             skip_day(context, day, "no scored records on this day: nothing to compare")
         yield dg.Output(pd.DataFrame(), metadata={"days": 0})
-        yield dg.AssetCheckResult(
-            check_name=DRIFT_CHECK,
-            passed=False,
-            severity=dg.AssetCheckSeverity.WARN,
-            description="not judged: no scored records",
-        )
+        yield from drift_checks(context, warehouse, pd.DataFrame(), config)
         return
     version = versions[-1]
     reference, where = read_reference(warehouse, mlflow, version)
@@ -335,40 +335,47 @@ def drift_report(
             "threshold_domain_auc": calibration.domain_threshold if calibration else float("nan"),
             "null_days": calibration.n_null_days if calibration else 0,
             "quantile": config.quantile,
+            "days_judged": int(table["judged"].sum()) if len(table) else 0,
+            "days_alarmed": int(table["alarm"].sum()) if len(table) else 0,
+            "blocking": config.blocking,
             "evidently_workspace": dg.MetadataValue.path(evidently.directory),
         },
     )
-    yield drift_check(table, config)
+    yield from drift_checks(context, warehouse, table, config)
 
 
-def drift_check(table, config: DriftConfig) -> dg.AssetCheckResult:
-    """Fails (warning) on an alarm AND on a day not judged: judging nothing is not a pass."""
-    import pandas as pd
+def drift_checks(context, warehouse: DuckDBResource, table, config: DriftConfig) -> list:
+    """Each run day's verdict: fails on an alarm; a day not judged (too few rows, or no
+    records) warns and never passes."""
+    from mlops_assets.lib.gates import DayGate
 
-    empty = pd.DataFrame(columns=[DATE, "alarm", "judged"])
-    table = table if len(table) else empty
-    alarms = table[table["alarm"].astype(bool)]
-    unjudged = table[~table["judged"].astype(bool)]
-    judged = len(table) - len(unjudged)
-    if judged == 0:
-        description = f"not judged: no day reached min_rows={config.min_rows}"
-    elif len(unjudged):
-        description = f"{len(unjudged)} day(s) not judged (fewer than {config.min_rows} rows)"
-    else:
-        description = f"{len(alarms)} of {judged} day(s) alarm"
-    listed = pd.concat([alarms, unjudged]) if len(alarms) or len(unjudged) else empty
-    shown = [c for c in (DATE, "alarm", "drifted_columns", "domain_auc", "not_judged_reason")]
-    return dg.AssetCheckResult(
-        check_name=DRIFT_CHECK,
-        passed=judged > 0 and alarms.empty and unjudged.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=description,
-        metadata={
-            "days_judged": judged,
-            "days_not_judged": len(unjudged),
-            "days_alarmed": len(alarms),
-            "days": dg.MetadataValue.md(
-                listed.reindex(columns=shown).to_markdown(index=False) if len(listed) else "none"
-            ),
-        },
+    rows = {r[DATE].strftime("%Y-%m-%d"): r for r in table.to_dict("records")}
+    gates, metadata = [], {}
+    for day in days(context):
+        row = rows.get(day)
+        if row is None:
+            judged, alarm, reason = False, False, "not judged: no scored records on this day"
+        elif not row["judged"]:
+            judged, alarm, reason = False, False, row["not_judged_reason"]
+        else:
+            judged, alarm = True, bool(row["alarm"])
+            drifted = row["drifted_columns"] or "none"
+            reason = (
+                f"{'alarm' if alarm else 'no alarm'}: max z {row['max_z']:.2f} against "
+                f"{row['threshold']:.2f}, domain AUC {row['domain_auc']:.3f} against "
+                f"{row['domain_threshold']:.3f}; drifted columns: {drifted}"
+            )
+            metadata[day] = {"max_z": float(row["max_z"]), "drifted_columns": drifted}
+        gates.append(
+            DayGate(
+                dt.date.fromisoformat(day),
+                DRIFT_CHECK,
+                passed=judged and not alarm,
+                judged=judged,
+                blocking=config.blocking,
+                reason=reason,
+            )
+        )
+    return day_checks(
+        context, warehouse, DRIFT_CHECK, gates, run_days=days(context), metadata=metadata
     )

@@ -21,7 +21,10 @@ from mlops_assets.monitoring.common import (
     DAILY,
     DATE,
     PROBABILITY,
+    blocking_field,
     champion_rows,
+    check_spec,
+    day_checks,
     day_of,
     days,
     decision_threshold,
@@ -61,6 +64,13 @@ class EstimateConfig(dg.Config):
         "test ROC AUC by more than this fraction.",
     )
     min_records: int = Field(default=100, description="Days with fewer records are not judged.")
+    blocking: bool = blocking_field()
+
+
+def _gate(day: str, check: str, passed: bool, judged: bool, blocking: bool, reason: str):
+    from mlops_assets.lib.gates import DayGate
+
+    return DayGate(dt.date.fromisoformat(day), check, passed, judged, blocking, reason)
 
 
 def _band(estimate) -> dict[str, float]:
@@ -79,11 +89,12 @@ def _band(estimate) -> dict[str, float]:
     deps=[CHAMPION_ASSET],
     kinds={"duckdb", "numpy"},
     check_specs=[
-        dg.AssetCheckSpec(
+        check_spec(
             ESTIMATE_CHECK,
-            asset="performance_estimate",
-            description="No day's estimated ROC AUC falls more than max_relative_drop below the "
-            "champion's test ROC AUC, and every day was judged (warning).",
+            "performance_estimate",
+            "Per day: the estimated ROC AUC is not more than max_relative_drop below the "
+            "champion's test ROC AUC (a day too small to judge warns). With `blocking`, a "
+            "failing day is kept out of the A/B analysis and the next training set.",
         )
     ],
 )
@@ -91,6 +102,7 @@ def performance_estimate(
     context: dg.AssetExecutionContext,
     config: EstimateConfig,
     mlflow: MlflowTracking,
+    warehouse: DuckDBResource,
     predictions,
 ):
     """The champion's expected ROC AUC, accuracy and F1 for each scored day, before any label,
@@ -102,10 +114,13 @@ def performance_estimate(
 
     champion = champion_rows(predictions)
     by_day = champion.groupby(day_of(champion))
-    rows, flagged, unjudged, tests = [], [], [], {}
+    rows, flagged, unjudged, tests, gates = [], [], [], {}, []
     for day in days(context):
         if day not in by_day.groups:
             skip_day(context, day, "no scored records on this day")
+            gates.append(
+                _gate(day, ESTIMATE_CHECK, False, False, config.blocking, "not judged: no records")
+            )
             continue
         scored = by_day.get_group(day)
         version = str(scored["model_version"].iloc[0])
@@ -137,6 +152,22 @@ def performance_estimate(
         }
         rows.append(row)
         (flagged if low else unjudged if not judged else []).append(row)
+        verdict = (
+            f"estimated ROC AUC {estimate.expected['roc_auc']:.3f} "
+            f"[{estimate.low['roc_auc']:.3f}, {estimate.high['roc_auc']:.3f}] "
+            f"{'below' if low else 'not below'} {floor:.3f} (the test ROC AUC less "
+            f"{config.max_relative_drop:.0%})"
+        )
+        gates.append(
+            _gate(
+                day,
+                ESTIMATE_CHECK,
+                judged and not low,
+                judged,
+                config.blocking,
+                verdict if judged else reason,
+            )
+        )
         context.add_asset_metadata(
             {
                 **{k: v for k, v in row.items() if isinstance(v, float)},
@@ -148,31 +179,17 @@ def performance_estimate(
             partition_key=day,
         )
     table = pd.DataFrame(rows)
-    yield dg.Output(table, metadata={"coverage": config.coverage, "draws": config.draws})
-    judged_days = len(rows) - len(unjudged)
-    yield dg.AssetCheckResult(
-        check_name=ESTIMATE_CHECK,
-        passed=judged_days > 0 and not flagged and not unjudged,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            f"not judged: no day reached min_records={config.min_records}"
-            if judged_days == 0
-            else f"{len(flagged)} of {judged_days} day(s) estimated below the test ROC AUC; "
-            f"{len(unjudged)} not judged"
-        ),
+    yield dg.Output(
+        table,
         metadata={
-            "days_judged": judged_days,
-            "days_not_judged": len(unjudged),
+            "coverage": config.coverage,
+            "draws": config.draws,
+            "days_judged": len(rows) - len(unjudged),
             "days_below": len(flagged),
-            "days": dg.MetadataValue.md(
-                pd.DataFrame(flagged + unjudged)
-                .reindex(columns=[DATE, "n", "estimated_roc_auc", "not_judged_reason"])
-                .to_markdown(index=False)
-                if flagged or unjudged
-                else "none"
-            ),
+            "blocking": config.blocking,
         },
     )
+    yield from day_checks(context, warehouse, ESTIMATE_CHECK, gates, run_days=days(context))
 
 
 class PerformanceConfig(dg.Config):
@@ -200,6 +217,7 @@ class PerformanceConfig(dg.Config):
     )
     coverage: float = Field(default=0.95, description="Coverage of the estimate's band.")
     band_inflation: float = _inflation_field()
+    blocking: bool = blocking_field()
 
 
 def _scored_rows(warehouse: DuckDBResource, first: dt.date, last: dt.date):
@@ -221,12 +239,13 @@ def _scored_rows(warehouse: DuckDBResource, first: dt.date, last: dt.date):
     deps=["predictions", "features", CHAMPION_ASSET],
     kinds={"duckdb", "scikitlearn"},
     check_specs=[
-        dg.AssetCheckSpec(
+        check_spec(
             PERFORMANCE_CHECK,
-            asset="performance",
-            description="Every day was judged, no judged day's watched metric falls more than "
-            "max_relative_drop below the champion's test metric, and no realized ROC AUC falls "
-            "outside its estimate's band (warning; the days are listed).",
+            "performance",
+            "Per day: no watched metric falls more than max_relative_drop below the champion's "
+            "test metric and the realized ROC AUC lies inside its estimate's band (a day with "
+            "too few labels warns). With `blocking`, a failing day is kept out of the A/B "
+            "analysis and the next training set.",
         )
     ],
 )
@@ -256,15 +275,21 @@ def performance(
     labelled = scored[scored[label].notna()]
     by_day = scored.groupby(day_of(scored))
     reference: dict[str, tuple[float, dict[str, float]]] = {}
-    rows, flagged = [], []
+    rows, gates = [], []
+
+    def gate(day, passed, judged, reason):
+        gates.append(_gate(day, PERFORMANCE_CHECK, passed, judged, config.blocking, reason))
+
     for day in run_days:
         date = dt.date.fromisoformat(day)
         if not labels_usable(date, now, config.label_delay_days):
             usable = date + dt.timedelta(days=config.label_delay_days)
             skip_day(context, day, f"labels pending: usable from {usable} (today is {now})")
+            gate(day, False, False, f"not judged: labels pending until {usable}")
             continue
         if day not in by_day.groups:
             skip_day(context, day, "no scored records on this day")
+            gate(day, False, False, "not judged: no scored records on this day")
             continue
         of_day = by_day.get_group(day)
         version = str(of_day["model_version"].iloc[0])
@@ -318,8 +343,19 @@ def performance(
         row["outside_band"] = outside
         row["below_reference"] = ", ".join(drops)
         rows.append(row)
-        if drops or outside or not enough:
-            flagged.append(row)
+        if not enough:
+            gate(day, False, False, reason)
+        else:
+            problems = [
+                f"{name} {change:+.1%} against the test value" for name, change in drops.items()
+            ]
+            if outside:
+                problems.append(
+                    f"realized ROC AUC {row['roc_auc']:.3f} outside its estimate's band "
+                    f"[{row['roc_auc_low']:.3f}, {row['roc_auc_high']:.3f}]"
+                )
+            ok = f"test metrics held, ROC AUC inside its band (on {k} day(s))"
+            gate(day, not problems, True, "; ".join(problems) or ok)
         context.add_asset_metadata(
             {
                 **{name: float(row[name]) for name in METRIC_NAMES},
@@ -335,48 +371,24 @@ def performance(
             partition_key=day,
         )
     table = pd.DataFrame(rows)
-    yield dg.Output(
-        table, metadata={"today": str(now), "label_delay_days": config.label_delay_days}
-    )
     judged = int(table["judged"].sum()) if len(table) else 0
-    unjudged = len(table) - judged
-    shown = [
-        DATE,
-        "n",
-        "window_days",
-        "roc_auc",
-        "estimated_roc_auc",
-        "outside_band",
-        "below_reference",
-        "not_judged_reason",
-    ]
-    yield dg.AssetCheckResult(
-        check_name=PERFORMANCE_CHECK,
-        passed=judged > 0 and not flagged,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(
-            f"not judged: no day reached {config.min_labelled_records} labelled records"
-            if judged == 0
-            else f"{len(flagged) - unjudged} of {judged} judged day(s) flagged; "
-            f"{unjudged} not judged"
-        ),
+    yield dg.Output(
+        table,
         metadata={
+            "today": str(now),
+            "label_delay_days": config.label_delay_days,
             "days_measured": len(table),
             "days_judged": judged,
-            "days_not_judged": unjudged,
             "days_below": sum(bool(r["below_reference"]) for r in rows),
             "days_outside_band": sum(r["outside_band"] for r in rows),
             "max_relative_drop": config.max_relative_drop,
+            "blocking": config.blocking,
             **{
                 f"test_{name}": value
                 for _, version_metrics in reference.values()
                 for name, value in version_metrics.items()
                 if name in config.watched_metrics
             },
-            "days": dg.MetadataValue.md(
-                pd.DataFrame(flagged).reindex(columns=shown).to_markdown(index=False)
-                if flagged
-                else "none"
-            ),
         },
     )
+    yield from day_checks(context, warehouse, PERFORMANCE_CHECK, gates, run_days=run_days)
