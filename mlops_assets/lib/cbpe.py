@@ -135,9 +135,10 @@ def estimate(
         sd[name] = float(values.std(ddof=1)) if values.size > 1 else 0.0
         q_low, q_high = (float(q) for q in np.quantile(values, [tail, 1 - tail]))
         # The band always holds the mean: with a skewed distribution (AUC near 1, nearly every
-        # draw at 1.0) the 2.5% quantile can lie above it.
-        low[name] = mean - inflation * max(mean - q_low, 0.0)
-        high[name] = mean + inflation * max(q_high - mean, 0.0)
+        # draw at 1.0) the 2.5% quantile can lie above it. Inflated, it stays within the
+        # metrics' range [0, 1] (a small day's band would otherwise reach below 0).
+        low[name] = max(mean - inflation * max(mean - q_low, 0.0), 0.0)
+        high[name] = min(mean + inflation * max(q_high - mean, 0.0), 1.0)
     return Estimate(
         n=int(p.size),
         threshold=float(threshold),

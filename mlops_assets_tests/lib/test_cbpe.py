@@ -64,3 +64,12 @@ def test_the_band_inflation_makes_the_band_cover_the_residuals():
             2 * (plain.high[name] - plain.low[name])
         )
         assert wide.expected[name] == plain.expected[name]
+
+
+def test_an_inflated_band_of_a_small_day_stays_within_the_metrics_range():
+    p = np.random.default_rng(1).beta(2, 5, 30)  # 30 records: a wide simulated spread
+    plain, wide = cbpe.estimate(p, 0.3, seed=0), cbpe.estimate(p, 0.3, seed=0, inflation=3.38)
+    assert plain.low["roc_auc"] - 2.38 * (plain.expected["roc_auc"] - plain.low["roc_auc"]) < 0
+    for name in ("roc_auc", "precision", "recall", "f1", "accuracy"):
+        assert 0.0 <= wide.low[name] <= wide.expected[name] <= wide.high[name] <= 1.0
+    assert wide.low["roc_auc"] == 0.0
