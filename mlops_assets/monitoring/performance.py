@@ -20,6 +20,7 @@ from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
     DATE,
+    NOT_FOR_REGRESSION,
     PROBABILITY,
     champion_rows,
     day_of,
@@ -100,6 +101,19 @@ def performance_estimate(
     from mlops_assets.lib import cbpe
     from mlops_assets.lib.registry import test_metrics
 
+    if dataset_spec.is_regression:
+        for day in days(context):
+            skip_day(context, day, NOT_FOR_REGRESSION)
+        yield dg.Output(pd.DataFrame(), metadata={"not_applicable": NOT_FOR_REGRESSION})
+        # Not a pass: nothing was estimated (a warning that says why, every run).
+        yield dg.AssetCheckResult(
+            check_name=ESTIMATE_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=NOT_FOR_REGRESSION,
+            metadata={"applicable": False},
+        )
+        return
     champion = champion_rows(predictions)
     by_day = champion.groupby(day_of(champion))
     rows, flagged, unjudged, tests = [], [], [], {}
@@ -238,8 +252,15 @@ def performance(
 ):
     """The champion's realized metrics per day once labels are usable (accuracy, F1, ROC AUC,
     Brier, ...), judged on a trailing window when the day alone has too few labelled records,
-    beside the CBPE estimate for the same records and whether the realized value left its band."""
+    beside the CBPE estimate for the same records and whether the realized value left its band.
+    A regression target: MAE, RMSE, R2 and the label-revealed drift (monitoring/regression.py)."""
     import pandas as pd
+
+    if dataset_spec.is_regression:
+        from mlops_assets.monitoring.regression import regression_performance
+
+        yield from regression_performance(context, config, mlflow, warehouse)
+        return
 
     from mlops_assets.lib import cbpe
     from mlops_assets.lib.clock import labels_usable, today
