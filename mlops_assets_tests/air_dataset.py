@@ -13,10 +13,10 @@ Its schema differs from the flights' on purpose:
 The target depends on the features through an interaction (dry-weather PM10 is harmless, humid
 high PM10 is not) and rush hours, on top of a station level and a day-to-day level shared by
 every reading of a day: neither the per-category mean nor the last week's mean can express it,
-so the model passes its baseline gate on merit, at the default margin. The last days of the monitored range carry an
-injected PM10 shift (drift to find). Three rows are broken on purpose: a station code outside
-the allowed set, a second reading of the same station and hour (a duplicate key), and an hour
-that is not a number (its key cannot be derived).
+so the model passes its baseline gate on merit, at the default margin. The last days of the
+monitored range carry an injected PM10 shift (drift to find). Three rows are broken on purpose:
+a station code outside the allowed set, a second reading of the same station and hour (a
+duplicate key), and an hour that is not a number (its key cannot be derived).
 
 `python -m mlops_assets_tests.air_dataset` runs the lifecycle's stages on it, in one process on the
 Dagster instance of $DAGSTER_HOME, with the spec of $MLOPS_DATASET_SPEC (test_second_dataset.py).
