@@ -227,13 +227,13 @@ class DatasetSpec(_Strict):
         if both := [k for k in self.key_expressions if k in self.columns]:
             raise ValueError(f"key {both} is both a derived key and a source column: rename it")
         if self.task == "regression":
-            given = [f for f in CLASSIFICATION_ONLY if self._sets(f)]
+            given = [f for f in CLASSIFICATION_ONLY if self._changes(f)]
             if given:
                 raise ValueError(
                     f"{given} only apply to task: classification (a decision threshold, a "
                     "predicted positive rate); a regression spec must leave them out"
                 )
-        elif "regression" in self.model_fields_set:
+        elif self.regression != RegressionSpec():
             raise ValueError("the `regression` section only applies to task: regression")
         if self.date.end < self.date.start:
             raise ValueError(f"date.end {self.date.end} is before date.start {self.date.start}")
@@ -262,15 +262,15 @@ class DatasetSpec(_Strict):
                     )
         return self
 
-    def _sets(self, dotted: str) -> bool:
-        """Whether the spec file itself set this (dotted) field, rather than its default."""
+    def _changes(self, dotted: str) -> bool:
+        """Whether this (dotted) field differs from its default (a copy of a spec, dumped with
+        its defaults and read back, changes nothing)."""
         owner: BaseModel = self
         *parents, name = dotted.split(".")
         for parent in parents:
-            if parent not in owner.model_fields_set:
-                return False
             owner = getattr(owner, parent)
-        return name in owner.model_fields_set
+        default = type(owner).model_fields[name].get_default(call_default_factory=True)
+        return getattr(owner, name) != default
 
     @property
     def is_regression(self) -> bool:
