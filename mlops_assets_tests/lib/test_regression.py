@@ -198,6 +198,36 @@ def test_the_regressor_pipeline_and_the_served_model():
     assert lib.regression_metrics(y, served.predict_value(X))["mae"] < 2
 
 
+def test_the_search_scores_regressors_by_their_error():
+    from mlops_assets.lib.modeling import search_hyperparameters
+
+    train = category_data(6)
+    result = search_hyperparameters(
+        train,
+        estimator="hist_gradient_boosting",
+        categorical=["c"],
+        numeric=["x"],
+        label="y",
+        date_column="day",
+        n_trials=2,
+        n_splits=2,
+        metric=lib.SEARCH_SCORER["absolute"],
+        task="regression",
+    )
+    # A negative MAE, near the noise's (sd 1: MAE ~0.8), far below the target's spread.
+    assert -2 < result.best_score < 0
+    with pytest.raises(ValueError, match="has no regressor"):
+        search_hyperparameters(
+            train,
+            estimator="logistic_regression",
+            categorical=["c"],
+            numeric=["x"],
+            label="y",
+            date_column="day",
+            task="regression",
+        )
+
+
 def test_the_ab_primary_metric_is_the_paired_daily_squared_error_difference():
     from mlops_assets.lib.ab_testing.decision import decide
     from mlops_assets.lib.ab_testing.design import ExperimentDesign
