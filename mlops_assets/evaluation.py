@@ -103,6 +103,11 @@ def evaluation(
     spec = dataset_spec
     gates = gate_settings(config)
     if spec.is_regression:
+        if config.rate_factor is not None:
+            raise dg.Failure(
+                "rate_factor judges a predicted positive rate at a threshold: a regression "
+                "model has neither (task: regression); leave it unset"
+            )
         yield from evaluate_regression(context, gates, model, training_set, mlflow, reports)
         return
     categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name

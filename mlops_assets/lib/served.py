@@ -33,6 +33,21 @@ TRUSTED_TYPES = (
 )
 
 
+def _refuse_empty_rows(X: pd.DataFrame) -> None:
+    """A record with every feature missing has nothing to be scored on: the request is refused
+    with the records named (MLflow answers 400), rather than answered with the base rate."""
+    empty = np.flatnonzero(X.isna().all(axis=1).to_numpy())
+    if len(empty):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException(
+            f"{len(empty)} record(s) have every feature missing, nothing to score: "
+            f"rows {empty[:20].tolist()}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+
+
 class ThresholdedModel(ClassifierMixin, BaseEstimator):
     """`estimator` (a fitted Pipeline, or CalibratedClassifierCV around it), `threshold`, and
     `categories`: each categorical feature's values seen in training (served records with other
@@ -85,16 +100,7 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
         A record with every feature missing has nothing to be scored on: the request is refused
         with the records named (MLflow answers 400), rather than answered with the base rate.
         """
-        empty = np.flatnonzero(X.isna().all(axis=1).to_numpy())
-        if len(empty):
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(
-                f"{len(empty)} record(s) have every feature missing, nothing to score: "
-                f"rows {empty[:20].tolist()}",
-                error_code=INVALID_PARAMETER_VALUE,
-            )
+        _refuse_empty_rows(X)
         proba = self.predict_proba(X)[:, 1]
         return pd.DataFrame(
             {
@@ -117,21 +123,6 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
         from sklearn.metrics import accuracy_score
 
         return float(accuracy_score(y, self.decide(X), sample_weight=sample_weight))
-
-
-def _refuse_empty_rows(X: pd.DataFrame) -> None:
-    """A record with every feature missing has nothing to be scored on: the request is refused
-    with the records named (MLflow answers 400), rather than answered with the base rate."""
-    empty = np.flatnonzero(X.isna().all(axis=1).to_numpy())
-    if len(empty):
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-        raise MlflowException(
-            f"{len(empty)} record(s) have every feature missing, nothing to score: "
-            f"rows {empty[:20].tolist()}",
-            error_code=INVALID_PARAMETER_VALUE,
-        )
 
 
 class RegressionModel(RegressorMixin, BaseEstimator):

@@ -152,9 +152,12 @@ class RegressionSpec(_Strict):
     """Settings of `task: regression` only (see lib/regression.py); ignored otherwise."""
 
     gate_error: Literal["absolute", "squared"] = Field(
-        "absolute",
-        description="The error the evaluation gates compare: MAE (absolute) or RMSE (squared). "
-        "The gates' margins are on the skill 1 - error(model) / error(reference).",
+        "squared",
+        description="The error the evaluation gates compare and the search scores: RMSE "
+        "(squared, what the estimators minimise by default) or MAE (absolute: pair it with an "
+        "absolute loss in the model's params, e.g. `loss: absolute_error`, or a model fitted to "
+        "the mean can lose to the median on a skewed target). The gates' margins are on the "
+        "skill 1 - error(model) / error(reference).",
     )
     ab_loss: Literal["absolute", "squared"] = Field(
         "squared",

@@ -158,7 +158,7 @@ def spec_dict(**changes) -> dict:
 def test_the_spec_refuses_classification_settings_under_regression():
     assert DatasetSpec.model_validate(spec_dict()).task == "classification"
     spec = DatasetSpec.model_validate(spec_dict(task="regression"))
-    assert (spec.regression.gate_error, spec.regression.ab_loss) == ("absolute", "squared")
+    assert (spec.regression.gate_error, spec.regression.ab_loss) == ("squared", "squared")
     with pytest.raises(ValueError, match=r"\['operating_point'\] only apply to task: class"):
         DatasetSpec.model_validate(spec_dict(task="regression", operating_point={"beta": 2}))
     with pytest.raises(ValueError, match=r"gates\.rate_factor"):
