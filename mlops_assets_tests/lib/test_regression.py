@@ -265,3 +265,19 @@ def test_the_ab_primary_metric_is_the_paired_daily_squared_error_difference():
             math.nan,
             "squared_error",
         )
+
+
+def test_the_retraining_rule_reads_a_regression_champion_s_error_ratio_as_decay():
+    from mlops_assets.lib.automation import DayResult, RetrainingRule, evaluate_rule
+
+    rule = RetrainingRule()
+    start = dt.date(2021, 4, 1)
+
+    def days(ratio: float) -> list:
+        return [DayResult(start + dt.timedelta(d), error_ratio=ratio) for d in range(7)]
+
+    decayed = evaluate_rule(days(rule.max_error_ratio + 0.01), rule, last_retrain=None)
+    assert decayed.retrain and decayed.reason.startswith("decay on 7 consecutive days")
+    # As good as on the test days (and a NaN of a day not judged) is no decay.
+    assert not evaluate_rule(days(1.0), rule, last_retrain=None).retrain
+    assert not evaluate_rule(days(float("nan")), rule, last_retrain=None).retrain
