@@ -60,7 +60,9 @@ class ABTestConfig(dg.Config):
     positive_rate_tolerance: float = Field(
         default=0.25,
         description="Guardrail: the challenger's predicted/actual positive rate may be at most "
-        "this much (relative) further from 1 than the champion's.",
+        "this much (relative) further from 1 than the champion's. For a regression target: the "
+        "challenger's |mean residual| may exceed the champion's by at most this share of the "
+        "champion's MAE.",
     )
     calibration_tolerance: float = Field(
         default=0.02, description="Guardrail: calibration error may rise by at most this."
@@ -73,6 +75,14 @@ class ABTestConfig(dg.Config):
 
 def experiment_name(model_name: str, champion: str, challenger: str) -> str:
     return f"{model_name}-v{champion}-vs-v{challenger}"
+
+
+# A regression target's primary loss (the spec's `regression.ab_loss`), else the log loss.
+PRIMARY_LOSS = (
+    f"{dataset_spec.regression.ab_loss}_error" if dataset_spec.is_regression else "log_loss"
+)
+# The column of `predictions` that is scored: the probability, or the regression's prediction.
+SCORE = "prediction" if dataset_spec.is_regression else "probability"
 
 
 @dg.asset(
@@ -97,10 +107,12 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
 
     spec = dataset_spec
     date, ids = spec.date.column, [spec.date.column, *spec.key]
+    if spec.is_regression:  # no threshold: NaN keeps the table's columns the same
+        predictions = predictions.assign(threshold=-1.0)
     wide = predictions.pivot_table(
         index=ids,
         columns="model_alias",
-        values=["probability", "model_version", "threshold"],
+        values=[SCORE, "model_version", "threshold"],
         aggfunc="first",
     )
     if "challenger" not in wide.columns.get_level_values(1):
@@ -113,8 +125,8 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
             {
                 "champion_version": wide[("model_version", "champion")],
                 "challenger_version": wide[("model_version", "challenger")],
-                "score_control": wide[("probability", "champion")].astype(float),
-                "score_treatment": wide[("probability", "challenger")].astype(float),
+                "score_control": wide[(SCORE, "champion")].astype(float),
+                "score_treatment": wide[(SCORE, "challenger")].astype(float),
                 # Each model's own operating point, for the guardrails.
                 "threshold_control": wide[("threshold", "champion")].astype(float),
                 "threshold_treatment": wide[("threshold", "challenger")].astype(float),
@@ -123,10 +135,13 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
         .dropna(subset=["challenger_version"])
         .reset_index()
     )
+    if spec.is_regression:
+        frame[["threshold_control", "threshold_treatment"]] = float("nan")
     frame = frame.merge(features[[*ids, spec.target.name]], on=ids, how="left")
     now = today()
     usable = frame[date].dt.date.map(lambda d: labels_usable(d, now, config.label_delay_days))
-    frame["label"] = frame.pop(spec.target.name).where(usable).astype("Int64")
+    label = frame.pop(spec.target.name).where(usable)
+    frame["label"] = label.astype(float) if spec.is_regression else label.astype("Int64")
     frame["experiment"] = [
         experiment_name(str(predictions["model_name"].iloc[0]), a, b)
         for a, b in zip(frame["champion_version"], frame["challenger_version"], strict=True)
@@ -149,6 +164,18 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
             "experiments": ", ".join(sorted(frame["experiment"].unique())),
         },
     )
+
+
+def reference_loss(test_metrics: dict) -> float:
+    """The champion's primary loss on its test days: the level the margin is a share of until
+    enough champion days precede the experiment (the mean squared error is the RMSE squared)."""
+    import math
+
+    if PRIMARY_LOSS == "squared_error":
+        return test_metrics.get("test_rmse", math.nan) ** 2
+    if PRIMARY_LOSS == "absolute_error":
+        return test_metrics.get("test_mae", math.nan)
+    return test_metrics.get("test_log_loss", math.nan)
 
 
 def _stored_design(warehouse: DuckDBResource, experiment: str):
@@ -181,7 +208,8 @@ def _new_design(config: ABTestConfig, warehouse, experiment, first_day, champion
     with warehouse.get_connection() as con:
         rows = to_pandas(
             con.sql(
-                f"SELECT {', '.join(f'p.{ident(c)}' for c in ids)}, p.probability, p.threshold, "
+                f"SELECT {', '.join(f'p.{ident(c)}' for c in ids)}, p.{SCORE} AS score, "
+                f"{'NULL' if spec.is_regression else 'p.threshold'} AS threshold, "
                 f"f.{label} AS label FROM {spec.name}.predictions p "
                 f"JOIN {spec.name}.features f USING ({', '.join(ident(c) for c in ids)}) "
                 f"WHERE p.model_alias = ? AND p.model_version = ? "
@@ -194,19 +222,22 @@ def _new_design(config: ABTestConfig, warehouse, experiment, first_day, champion
         for k in ExperimentDesign.__dataclass_fields__
         if k in ABTestConfig.model_fields
     }
+    if spec.is_regression:
+        settings |= {"primary_metric": PRIMARY_LOSS, "secondary_metric": "none"}
     baseline = None
     if len(rows):
         arms = assign_arms(rows[ids], experiment).to_numpy()
-        score = rows["probability"].to_numpy(dtype=float)
-        threshold = float(rows["threshold"].iloc[0])
+        score = rows["score"].to_numpy(dtype=float)
+        threshold = float(rows["threshold"].iloc[0]) if not spec.is_regression else float("nan")
         baseline = Records(
             rows[date].to_numpy().astype("datetime64[D]"),
             arms,
-            rows["label"].to_numpy(dtype="int64"),
+            rows["label"].to_numpy(dtype=float if spec.is_regression else "int64"),
             score,
             score,
             threshold,
             threshold,
+            PRIMARY_LOSS,
         )
     return design_experiment(experiment, first_day, baseline, reference, **settings)
 
@@ -243,7 +274,7 @@ def _log_to_mlflow(mlflow: MlflowTracking, context, decision, excluded) -> str:
             Metric(name, value, now, look.days)
             for look in decision.looks
             for name, value in (
-                ("ab_log_loss_diff", look.mean),
+                (f"ab_{decision.design.primary_metric}_diff", look.mean),
                 ("ab_sequence_low", look.low),
                 ("ab_sequence_high", look.high),
             )
@@ -273,7 +304,6 @@ def ab_results(
     runtime, and stop at the deciding day or the maximum runtime (lib.ab_testing.decision).
     Days a blocking monitoring check failed are left out, and listed with the reason.
     """
-    import math
 
     from mlops_assets.lib import gates
     from mlops_assets.lib.ab_testing import report
@@ -310,7 +340,7 @@ def ab_results(
         raise dg.Failure(f"{experiment}: every labelled day was kept out by a blocking check")
     design = _stored_design(warehouse, experiment)
     if design is None:
-        reference = client.get_run(champion.run_id).data.metrics.get("test_log_loss", math.nan)
+        reference = reference_loss(client.get_run(champion.run_id).data.metrics)
         first_day = rows[spec.date.column].min().date()
         try:
             design = _new_design(
@@ -321,7 +351,7 @@ def ab_results(
         _store_design(warehouse, design)
         context.log.info(f"{experiment}: design fixed and stored in {DESIGNS_TABLE}")
     try:
-        decision = decide(design, Records.from_frame(rows, spec.date.column))
+        decision = decide(design, Records.from_frame(rows, spec.date.column, PRIMARY_LOSS))
     except ValueError as error:
         raise dg.Failure(f"{experiment}: {error}") from None
     markdown = report.to_markdown(decision)

@@ -53,7 +53,7 @@ def _value(metadata, key: str) -> float | None:
 
 MONITORED = (
     ("drift_report", ("alarm", "drift_share")),
-    ("performance", ("roc_auc", "reference_roc_auc", "outside_band")),
+    ("performance", ("roc_auc", "reference_roc_auc", "outside_band", "error_ratio")),
 )
 
 
@@ -87,6 +87,7 @@ def day_results(days: dict) -> list[DayResult]:
             roc_auc=values.get("roc_auc"),
             reference_auc=values.get("reference_roc_auc"),
             outside_band=bool(values["outside_band"]) if values.get("outside_band") else None,
+            error_ratio=values.get("error_ratio"),
         )
         for day, values in days.items()
     ]

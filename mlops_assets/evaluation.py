@@ -102,6 +102,14 @@ def evaluation(
 
     spec = dataset_spec
     gates = gate_settings(config)
+    if spec.is_regression:
+        if config.rate_factor is not None:
+            raise dg.Failure(
+                "rate_factor judges a predicted positive rate at a threshold: a regression "
+                "model has neither (task: regression); leave it unset"
+            )
+        yield from evaluate_regression(context, gates, model, training_set, mlflow, reports)
+        return
     categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
     parts = split_parts(training_set)
     test, train, validation = parts["test"], parts["train"], parts["validation"]
@@ -233,6 +241,10 @@ def evaluation(
             **{f"plot_{name}": png_markdown(path) for name, path in plots.items()},
         },
     )
+    yield from gate_checks(verdicts)
+
+
+def gate_checks(verdicts):
     for gate in verdicts:
         yield dg.AssetCheckResult(
             check_name=gate.name,
@@ -242,6 +254,130 @@ def evaluation(
             description=gate.message,
             metadata={"verdict": gate.message, **gate.figures},
         )
+
+
+def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTracking, reports):
+    """`task: regression`: MAE, RMSE and R2 on the test days with day-clustered intervals; the
+    same three gates on the skill 1 - error(model) / error(reference) (lib/regression.py):
+    against the per-category mean and the last-period mean, against the champion, and against
+    the overall training mean with non-constant predictions (the degenerate gate)."""
+    import math
+
+    import numpy as np
+
+    from mlops_assets.lib import registry
+    from mlops_assets.lib import regression as lib
+    from mlops_assets.lib.decision import GateResult
+    from mlops_assets.lib.evaluation import EvaluationResult, markdown_table
+    from mlops_assets.lib.modeling import features_and_label, split_parts
+
+    spec = dataset_spec
+    error = spec.regression.gate_error
+    categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
+    parts = split_parts(training_set)
+    test, train, validation = parts["test"], parts["train"], parts["validation"]
+    X, y = features_and_label(test, categorical, numeric, label, "regression")
+    days = test[spec.date.column]
+    predicted = mlflow.load_pipeline(model).predict_value(X)
+    metrics = lib.regression_metrics(y, predicted)
+    intervals = lib.metric_intervals(y, predicted, days, gates=gates)
+
+    column, _ = lib.most_informative_category(train, validation, categorical, label, error)
+    means, overall = lib.category_means(train[column], train[label])
+    history = validation if len(validation) else train
+    references = {
+        f"mean_by_{column}": lib.category_mean_predictions(means, overall, test[column]),
+        "last_period_mean": np.full(
+            len(y), lib.last_period_mean(history, date_column=spec.date.column, label=label)
+        ),
+    }
+    baseline_gate = lib.skill_gate(
+        BEATS_BASELINE,
+        y,
+        predicted,
+        references,
+        days,
+        margin=gates.baseline_margin,
+        gates=gates,
+        error=error,
+    )
+    champion = mlflow.serving_models().champion
+    champion_metrics = None
+    if champion is not None and champion.version != model.version:
+        champion_predicted = mlflow.load_pipeline(champion).predict_value(X)
+        champion_metrics = lib.regression_metrics(y, champion_predicted)
+        champion_gate = lib.skill_gate(
+            NOT_WORSE_THAN_CHAMPION,
+            y,
+            predicted,
+            {"champion": champion_predicted},
+            days,
+            margin=gates.champion_margin,
+            gates=gates,
+            error=error,
+        )
+    else:
+        champion_gate = GateResult(
+            NOT_WORSE_THAN_CHAMPION,
+            passed=True,
+            judged=True,
+            message=f"{NOT_WORSE_THAN_CHAMPION}: passed: no other version is champion yet, "
+            "nothing to compare",
+        )
+    degenerate = lib.degenerate_gate(
+        y,
+        predicted,
+        float(train[label].mean()),
+        days,
+        gates=gates,
+        error=error,
+        name=NOT_DEGENERATE,
+    )
+    verdicts = (baseline_gate, champion_gate, degenerate)
+    passed = all(g.passed for g in verdicts)
+    baseline = {
+        "n": metrics["n"],
+        **lib.regression_metrics(y, next(iter(references.values()))),
+    }
+    directory = reports.folder("evaluation", f"{model.name}-v{model.version}")
+    summary = {
+        "model": model.uri,
+        "task": "regression",
+        "metrics": metrics,
+        "intervals": intervals,
+        "baseline": {"predictor": next(iter(references)), "metrics": baseline},
+        "gates": {
+            g.name: {"passed": g.passed, "message": g.message, **g.figures} for g in verdicts
+        },
+        "champion": {"version": champion.version, "metrics": champion_metrics}
+        if champion_metrics
+        else None,
+    }
+    (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    client = mlflow.client()
+    _log_to_run(client, model.run_id, {**metrics, **intervals}, directory)
+    client.set_model_version_tag(
+        model.name, model.version, registry.GATES_TAG, registry.GATES_PASSED if passed else "failed"
+    )
+    for gate in verdicts:
+        context.log.info(gate.message)
+    yield dg.Output(
+        EvaluationResult(
+            model_version=model.version,
+            threshold=math.nan,
+            metrics={k: float(v) for k, v in metrics.items()},
+            gates={g.name: bool(g.passed) for g in verdicts},
+            report=summary,
+        ),
+        metadata={
+            **{k: float(v) for k, v in {**metrics, **intervals}.items()},
+            **{f"{next(iter(references))}_{k}": float(v) for k, v in baseline.items()},
+            "model_version": int(model.version),
+            "comparison": dg.MetadataValue.md(markdown_table(metrics, baseline)),
+            "report_dir": dg.MetadataValue.path(str(directory)),
+        },
+    )
+    yield from gate_checks(verdicts)
 
 
 def _log_to_run(client, run_id: str, metrics: dict, directory) -> None:
@@ -254,7 +390,11 @@ def _log_to_run(client, run_id: str, metrics: dict, directory) -> None:
 class ImportanceConfig(dg.Config):
     n_repeats: int = Field(default=5, description="Shuffles per feature.")
     max_rows: int = Field(default=20_000, description="Test rows sampled for speed.")
-    scoring: str = Field(default="roc_auc", description="Score whose drop measures importance.")
+    scoring: str | None = Field(
+        default=None,
+        description="Score whose drop measures importance (unset: roc_auc; for a regression "
+        "target the scorer of the spec's regression.gate_error).",
+    )
 
 
 @dg.asset(group_name="evaluation", kinds={"scikitlearn", "duckdb"})
@@ -273,13 +413,20 @@ def feature_importance(
     spec = dataset_spec
     test = split_parts(training_set)["test"]
     X, y = features_and_label(
-        test, spec.categorical_features, spec.numeric_features, spec.target.name
+        test, spec.categorical_features, spec.numeric_features, spec.target.name, spec.task
     )
+    fitted, scoring = mlflow.load_pipeline(model), config.scoring or "roc_auc"
+    if spec.is_regression:
+        from mlops_assets.lib.regression import SEARCH_SCORER
+
+        # The scorer calls predict: the inner pipeline's, a number (the served one is a frame).
+        fitted = fitted.estimator
+        scoring = config.scoring or SEARCH_SCORER[spec.regression.gate_error]
     table = lib.permutation_importance_table(
-        mlflow.load_pipeline(model),
+        fitted,
         X,
         y,
-        scoring=config.scoring,
+        scoring=scoring,
         n_repeats=config.n_repeats,
         max_rows=config.max_rows,
     )

@@ -45,7 +45,10 @@ def features(context: dg.AssetExecutionContext, source: DatasetSource, validated
         metadata={
             **table_metadata(frame),
             "labelled_records": int(labelled.sum()),
-            "positive_rate": float(frame.loc[labelled, spec.target.name].mean())
+            # The share of positives; a regression target's mean.
+            ("target_mean" if spec.is_regression else "positive_rate"): float(
+                frame.loc[labelled, spec.target.name].mean()
+            )
             if labelled.any()
             else float("nan"),
             **{f"lookup_rows_dropped/{n}": d for n, d in dropped.items()},

@@ -239,17 +239,30 @@ def main() -> None:
             experiment = "none"
             ab_decision = "not run: the challenger failed its evaluation gates"
 
+    if "roc_auc" in evaluation:
+        first_model = {
+            "first model, test ROC AUC": round(evaluation["roc_auc"], 4),
+            "first model, test accuracy": round(evaluation["accuracy"], 4),
+            "first model, threshold": (
+                f"{evaluation['operating_point/threshold']:.4f} "
+                f"({evaluation['operating_point/policy']} on the test days: "
+                f"{evaluation['operating_point/test_objective']:.4f}; best in hindsight "
+                f"{evaluation['operating_point/hindsight_objective']:.4f}; at "
+                f"{evaluation['operating_point/naive_threshold']:g} "
+                f"{evaluation['operating_point/naive_objective']:.4f})"
+            ),
+        }
+    else:  # a regression target (task: regression): its errors, no threshold
+        first_model = {
+            f"first model, test {name.upper()}": (
+                f"{evaluation[name]:.4f} [{evaluation[f'{name}_low']:.4f}, "
+                f"{evaluation[f'{name}_high']:.4f}]"
+            )
+            for name in ("mae", "rmse", "r2")
+        }
     summary = {
         "champion version": champion_version,
-        "first model, test ROC AUC": round(evaluation["roc_auc"], 4),
-        "first model, test accuracy": round(evaluation["accuracy"], 4),
-        "first model, threshold": (
-            f"{evaluation['operating_point/threshold']:.4f} ({evaluation['operating_point/policy']}"
-            f" on the test days: {evaluation['operating_point/test_objective']:.4f}; best in "
-            f"hindsight {evaluation['operating_point/hindsight_objective']:.4f}; at "
-            f"{evaluation['operating_point/naive_threshold']:g} "
-            f"{evaluation['operating_point/naive_objective']:.4f})"
-        ),
+        **first_model,
         "retraining sensor (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": experiment,
         "A/B decision": ab_decision,

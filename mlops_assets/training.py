@@ -45,7 +45,11 @@ class ModelConfig(dg.Config):
     )
     n_trials: int = Field(default=4, description="Candidates tried by a random search.")
     cv_splits: int = Field(default=3, description="Time-series cross-validation folds.")
-    metric: str = Field(default="roc_auc", description="scikit-learn scorer the search maximises.")
+    metric: str | None = Field(
+        default=None,
+        description="scikit-learn scorer the search maximises (unset: roc_auc; for a regression "
+        "target the scorer of the spec's regression.gate_error, e.g. neg_mean_absolute_error).",
+    )
     seed: int = Field(default=0, description="Random seed of the search and the estimator.")
     threshold_policy: str | None = Field(
         default=None,
@@ -66,8 +70,21 @@ class ModelConfig(dg.Config):
     calibrate: bool = Field(
         default=True,
         description="Try sigmoid and isotonic calibration on the validation days; kept only "
-        "when it lowers the (cross-fitted) validation log loss.",
+        "when it lowers the (cross-fitted) validation log loss (classification only).",
     )
+
+    def search_metric(self) -> str:
+        from mlops_assets.lib.regression import SEARCH_SCORER
+
+        if self.metric is not None:
+            return self.metric
+        spec = dataset_spec
+        return SEARCH_SCORER[spec.regression.gate_error] if spec.is_regression else "roc_auc"
+
+    def classification_settings(self) -> list[str]:
+        """The fields set here that only a classifier has (refused for a regression target)."""
+        fields = ("threshold_policy", "beta", "false_positive_cost", "false_negative_cost")
+        return [f for f in (*fields, "target_share") if getattr(self, f) is not None]
 
 
 def operating_policy(config: ModelConfig):
@@ -182,7 +199,9 @@ def training_set(
         "excluded": dg.MetadataValue.md(gates.exclusions_markdown(excluded)),
         **{f"rows/{name}": len(part) for name, part in parts.items()},
         **{
-            f"positive_rate/{name}": float(part[label].mean())
+            f"{'target_mean' if spec.is_regression else 'positive_rate'}/{name}": float(
+                part[label].mean()
+            )
             for name, part in parts.items()
             if len(part)
         },
@@ -221,6 +240,16 @@ def code_version() -> str:
         return f"mlops_assets=={version('mlops_assets')}"
 
 
+def _regressor(pipeline, categories):
+    """A regression target's registered model: no threshold, no calibration (their tags say so)."""
+    from mlops_assets.lib import decision, served
+
+    fitted = served.RegressionModel(pipeline, categories=categories)
+    tags = {"calibration": "none", "task": "regression"}
+    reason = "not applicable: a regression model serves a number, not a probability"
+    return fitted, None, tags, decision.Calibration(pipeline, "none", {}, reason)
+
+
 @dg.asset(
     group_name="training",
     kinds={"mlflow", "scikitlearn"},
@@ -238,9 +267,16 @@ def model(
 
     from mlops_assets.lib import decision, modeling, registry, served
     from mlops_assets.lib.evaluation import classification_metrics
+    from mlops_assets.lib.regression import regression_metrics
 
     spec = dataset_spec
     categorical, numeric, label = spec.categorical_features, spec.numeric_features, spec.target.name
+    task, metric = spec.task, config.search_metric()
+    if spec.is_regression and (given := config.classification_settings()):
+        raise dg.Failure(
+            f"{given} choose a decision threshold, which a regression model has none of: "
+            "leave them unset (task: regression)"
+        )
     parts = modeling.split_parts(training_set)
     train, validation = parts["train"], parts.get("validation")
     if validation is None or validation.empty:
@@ -270,16 +306,17 @@ def model(
             method=config.search,
             n_trials=config.n_trials,
             n_splits=config.cv_splits,
-            metric=config.metric,
+            metric=metric,
             seed=config.seed,
+            task=task,
         )
         for number, trial in enumerate(search.trials):
             with mlflow_api.start_run(run_name=f"trial-{number}", nested=True):
                 mlflow_api.log_params(trial.params)
                 mlflow_api.log_metrics(
                     {
-                        f"cv_{config.metric}": trial.mean_score,
-                        f"cv_{config.metric}_std": trial.std_score,
+                        f"cv_{metric}": trial.mean_score,
+                        f"cv_{metric}_std": trial.std_score,
                     }
                 )
         pipeline = modeling.fit_final(
@@ -290,33 +327,38 @@ def model(
             numeric=numeric,
             label=label,
             seed=config.seed,
+            task=task,
         )
         mlflow_api.log_params(
             {"estimator": config.estimator, "search": config.search, **search.best_params}
         )
         if search.best_score is not None:
-            mlflow_api.log_metric(f"cv_{config.metric}", search.best_score)
-        X_val, y_val = modeling.features_and_label(validation, categorical, numeric, label)
+            mlflow_api.log_metric(f"cv_{metric}", search.best_score)
+        X_val, y_val = modeling.features_and_label(validation, categorical, numeric, label, task)
         days_val = validation[spec.date.column]
-        if config.calibrate:
+        categories = {c: train[c].dropna().unique().tolist() for c in categorical}
+        if spec.is_regression:
+            # No threshold and no calibration: the prediction is the number itself.
+            fitted, threshold, decision_tags, calibration = _regressor(pipeline, categories)
+            validation_metrics = regression_metrics(y_val, fitted.predict_value(X_val))
+        elif config.calibrate:
             calibration = decision.calibrate(pipeline, X_val, y_val, days_val)
         else:
             calibration = decision.Calibration(pipeline, "none", {}, "switched off in the config")
-        context.log.info(f"calibration: {calibration.reason}")
-        proba_val = calibration.model.predict_proba(X_val)[:, 1]
-        threshold = decision.choose_threshold(y_val, proba_val, policy)
-        fitted = served.ThresholdedModel(
-            calibration.model,
-            threshold,
-            categories={c: train[c].dropna().unique().tolist() for c in categorical},
-        )
-        validation_metrics = classification_metrics(y_val, proba_val, threshold)
-        mlflow_api.log_params(
-            {
-                "threshold": threshold,
-                "threshold_policy": describe_policy(policy),
+        if not spec.is_regression:
+            context.log.info(f"calibration: {calibration.reason}")
+            proba_val = calibration.model.predict_proba(X_val)[:, 1]
+            threshold = decision.choose_threshold(y_val, proba_val, policy)
+            fitted = served.ThresholdedModel(calibration.model, threshold, categories=categories)
+            validation_metrics = classification_metrics(y_val, proba_val, threshold)
+            decision_tags = {
+                registry.THRESHOLD_TAG: repr(threshold),
+                registry.THRESHOLD_POLICY_TAG: describe_policy(policy),
                 "calibration": calibration.method,
             }
+        mlflow_api.log_params(
+            {k: v for k, v in decision_tags.items() if k != registry.THRESHOLD_TAG}
+            | ({"threshold": threshold} if threshold is not None else {})
         )
         mlflow_api.log_metrics(
             {
@@ -324,7 +366,7 @@ def model(
                 **{f"validation_log_loss_{k}": v for k, v in calibration.log_loss.items()},
             }
         )
-        X_train, _ = modeling.features_and_label(train, categorical, numeric, label)
+        X_train, _ = modeling.features_and_label(train, categorical, numeric, label, task)
         # Integer columns declared as doubles: a NULL at serving time arrives as NaN, which an
         # integer column of the signature would refuse (and MLflow warns about it).
         example = X_train.head(5)
@@ -349,11 +391,6 @@ def model(
         )
         version = str(logged.registered_model_version)
         client = mlflow.client()
-        decision_tags = {
-            registry.THRESHOLD_TAG: repr(threshold),
-            registry.THRESHOLD_POLICY_TAG: describe_policy(policy),
-            "calibration": calibration.method,
-        }
         for key, value in {**lineage, "estimator": config.estimator, **decision_tags}.items():
             client.set_model_version_tag(mlflow.model_name, version, key, value)
         client.set_registered_model_alias(mlflow.model_name, registry.CHALLENGER, version)
@@ -369,14 +406,12 @@ def model(
             "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
             "estimator": config.estimator,
             "params": dg.MetadataValue.json(search.best_params),
-            f"cv_{config.metric}": search.best_score
-            if search.best_score is not None
-            else float("nan"),
+            f"cv_{metric}": search.best_score if search.best_score is not None else float("nan"),
             **{f"validation_{k}": float(v) for k, v in validation_metrics.items()},
             "trials": len(search.trials),
-            "threshold": threshold,
-            "threshold_policy": describe_policy(policy),
-            "calibration": calibration.method,
+            "task": task,
+            **decision_tags,
+            **({"threshold": threshold} if threshold is not None else {}),
             "calibration_reason": calibration.reason,
             **{f"validation_log_loss_{k}": v for k, v in calibration.log_loss.items()},
             **lineage,

@@ -1,11 +1,11 @@
 """A second dataset end to end in its own process, beside a flights run: each in its own data dir.
 
 The air readings (`air_dataset.py`: integer codes with allowed sets, mixed-case source names, an
-expression key, days of 24 rows, a binary target) go through ingest -> validate -> features ->
-train -> evaluation -> monitoring (predictions, drift, performance) -> A/B, in their own
-process on the instance in their data directory. Meanwhile a flights backfill runs through the
-CLI in another data directory. Afterwards each instance holds only its own runs and
-each warehouse only its own tables.
+expression key, days of 24 rows, a numeric target under `task: regression`) go through ingest ->
+validate -> features -> train -> evaluation -> monitoring (predictions, drift, performance) ->
+A/B, in their own process on the instance in their data directory. Meanwhile a flights backfill
+runs through the CLI in another data directory. Afterwards each instance holds only its own runs
+and each warehouse only its own tables.
 """
 
 import datetime as dt
@@ -141,27 +141,53 @@ def test_every_reading_is_stored_once_and_the_broken_ones_quarantined_with_their
     assert features["pm10"].max() < 999
 
 
-def test_the_model_passes_its_gates_on_merit_and_a_challenger_is_registered(side_by_side):
+def test_the_regression_model_passes_its_gates_on_merit_and_a_challenger_is_registered(
+    side_by_side,
+):
     import mlflow
 
-    uri = tracking_uri(side_by_side["air"]["data"])
+    from mlops_assets.lib import registry
+
+    data = side_by_side["air"]["data"]
+    uri = tracking_uri(data)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias(MODEL, "champion")
     challenger = client.get_model_version_by_alias(MODEL, "challenger")
     assert (str(champion.version), str(challenger.version)) == ("1", "2")
-    # The spec's gates (baseline margin 0): the interaction in the label beats a linear model.
+    # The spec's gates (baseline margin 0 on the skill): the interaction beats the simple means.
     assert champion.tags["evaluation_gates"] == "passed"
     assert champion.tags["data_window"] == f"{air.START}..{air.TRAINING_END}"
+    # A regression version has no operating point.
+    assert "threshold" not in champion.tags and champion.tags["task"] == "regression"
     with instance_of(side_by_side["air"]) as instance:
         records = instance.fetch_materializations(dg.AssetKey("evaluation"), limit=2).records
+        checks = {
+            name: instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [dg.AssetCheckKey(dg.AssetKey("evaluation"), name)]
+            )
+            for name in ("check_beats_baseline", "check_not_degenerate")
+        }
     first = min(records, key=lambda r: r.storage_id).asset_materialization.metadata
     assert first["model_version"].value == 1
-    assert first["roc_auc"].value > first["logistic_regression_roc_auc"].value
+
+    # The test MAE is the registered model's on the stored test days, recomputed here.
+    test = frame(data, "SELECT * FROM air.training_set WHERE split = 'test'")
+    spec = side_by_side["air"]["spec"]
+    served = registry.load_pipeline(registry.ModelRef(MODEL, "1", run_id=""), uri)
+    answer = served.predict(test[[*spec.categorical_features, *spec.numeric_features]])
+    assert list(answer.columns) == ["prediction", "unknown_categories"]
+    mae = (answer["prediction"] - test["pm25"].to_numpy()).abs().mean()
+    assert first["mae"].value == pytest.approx(mae)
+    assert first["mae_low"].value < first["mae"].value < first["mae_high"].value
+    # The per-category mean on the same days errs far more: the gate passed on merit.
+    baseline = next(k for k in first if k.startswith("mean_by_") and k.endswith("_mae"))
+    assert first[baseline].value > 1.3 * first["mae"].value
+    for check in checks.values():
+        (execution,) = check.values()
+        assert execution.status.value == "SUCCEEDED"
 
 
 def test_monitoring_scores_every_reading_and_judges_only_days_with_enough_rows(side_by_side):
-    from sklearn.metrics import roc_auc_score
-
     data = side_by_side["air"]["data"]
     features = frame(
         data,
@@ -169,6 +195,8 @@ def test_monitoring_scores_every_reading_and_judges_only_days_with_enough_rows(s
         [MONITORED[0], MONITORED[1]],
     )
     predictions = frame(data, "SELECT * FROM air.predictions")
+    # A regression prediction is a number: no probability, no threshold stored.
+    assert "probability" not in predictions and "threshold" not in predictions
     for alias in ("champion", "challenger"):
         scored = predictions[predictions["model_alias"] == alias]
         keys = ["reading_date", "StationId", "reading_at"]
@@ -185,24 +213,39 @@ def test_monitoring_scores_every_reading_and_judges_only_days_with_enough_rows(s
     assert alarms.to_dict() == {d: d in shifted for d in weekdays}
     assert set(drift.loc[[d for d in weekdays if d in shifted], "drifted_columns"]) == {"pm10"}
 
-    # The realized performance of a weekday is the champion's ROC AUC on that day's labelled
-    # readings, matched to their labels by the expression key.
+    # The realized performance of a weekday is the champion's MAE, RMSE and bias on that day's
+    # labelled readings, matched to their targets by the expression key.
     performance = frame(data, "SELECT * FROM air.performance")
     performance["day"] = performance["reading_date"].dt.date
+    assert sorted(performance["day"]) == [MONITORED[0] + dt.timedelta(d) for d in range(7)]
     champion = predictions[predictions["model_alias"] == "champion"]
     labelled = champion.merge(features, on=["reading_date", "StationId", "reading_at"])
-    labelled = labelled[labelled["exceeds"].notna()]
+    labelled = labelled[labelled["pm25"].notna()]
     for row in performance.itertuples():
         if row.day.weekday() >= 5:
             # 24 labelled readings: judged on a trailing window holding enough of them.
             assert row.window_days > 1 and row.judged
             continue
         day = labelled[labelled["reading_date"].dt.date == row.day]
+        residual = day["prediction"] - day["pm25"]
         assert (row.window_days, row.n_labelled) == (1, len(day))
-        assert row.roc_auc == pytest.approx(roc_auc_score(day["exceeds"], day["probability"]))
+        assert row.mae == pytest.approx(residual.abs().mean())
+        assert row.rmse == pytest.approx((residual**2).mean() ** 0.5)
+        assert row.mean_residual == pytest.approx(residual.mean())
+        assert row.target_mean == pytest.approx(day["pm25"].mean())
+
+    # CBPE estimates classification metrics: each day says why it was not estimated.
+    with instance_of(side_by_side["air"]) as instance:
+        estimates = instance.fetch_materializations(
+            dg.AssetKey("performance_estimate"), limit=20
+        ).records
+    reasons = {r.asset_materialization.metadata["skipped"].value for r in estimates}
+    assert len(estimates) == 7
+    (reason,) = reasons
+    assert reason.startswith("not applicable to regression: CBPE estimates classification")
 
 
-def test_the_ab_split_hashes_the_expression_key_and_a_week_decides_nothing(side_by_side):
+def test_the_ab_split_hashes_the_expression_key_and_judges_squared_error(side_by_side):
     from mlops_assets.lib.ab_testing.assignment import assign_arms
 
     data = side_by_side["air"]["data"]
@@ -216,9 +259,24 @@ def test_the_ab_split_hashes_the_expression_key_and_a_week_decides_nothing(side_
     weekdays = outcomes[outcomes["reading_date"].dt.weekday < 5]
     assert (weekdays.groupby(["reading_date", "StationId"])["arm"].nunique() > 1).all()
 
+    # The primary metric: per day, the mean squared error of the challenger minus the
+    # champion's over the day's experiment records (paired), then the mean over days.
+    used = outcomes[outcomes["arm"].isin(["control", "treatment"]) & outcomes["label"].notna()]
+    used = used.assign(
+        diff_t=(used["score_treatment"] - used["label"]) ** 2,
+        diff_c=(used["score_control"] - used["label"]) ** 2,
+    )
+    by_day = used.groupby("reading_date")[["diff_t", "diff_c"]].mean()
+    daily = by_day["diff_t"] - by_day["diff_c"]
     with instance_of(side_by_side["air"]) as instance:
+        (results,) = instance.fetch_materializations(dg.AssetKey("ab_results"), limit=5).records
         (record,) = instance.fetch_materializations(dg.AssetKey("ab_promotion"), limit=5).records
+    analysis = {k: v.value for k, v in results.asset_materialization.metadata.items()}
+    assert analysis["design_primary_metric"] == "squared_error"
+    assert analysis["squared_error_diff"] == pytest.approx(daily.mean())
+    assert analysis["guardrail_bias_status"] in {"passed", "failed"}
     metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    # One week is under the minimum runtime of two: nothing is decided yet.
     assert (metadata["decision"], metadata["promoted"], metadata["champion_version"]) == (
         "inconclusive",
         False,

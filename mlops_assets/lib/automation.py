@@ -14,12 +14,15 @@ class RetrainingRule:
     days, lib.drift_calibration: about 1-2% of unchanged days alarm); it decays when its ROC AUC is
     below `min_auc_ratio` x the serving model's test ROC AUC (its reference); its relation between
     features and label moved when, with `outside_band` on, its realized ROC AUC fell outside the
-    band of its label-free estimate (lib.cbpe). After a retraining,
+    band of its label-free estimate (lib.cbpe). A regression champion has no ROC AUC: its day
+    decays when its error (MAE or RMSE, the spec's gate error) is above `max_error_ratio` x its
+    test error. After a retraining,
     no other for `cooldown_days`. Days are data days (partition dates), so
     the rule behaves the same in replay as live.
     """
 
     min_auc_ratio: float = 0.92
+    max_error_ratio: float = 1.1
     consecutive_days: int = 7
     cooldown_days: int = 30
     window_days: int = 90
@@ -39,6 +42,8 @@ class DayResult:
     roc_auc: float | None = None
     reference_auc: float | None = None
     outside_band: bool | None = None
+    # A regression champion's error on the day over its test error (None for a classifier).
+    error_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ def _breaches(result: DayResult, rule: RetrainingRule) -> str | None:
         and result.reference_auc is not None
         and result.roc_auc < rule.min_auc_ratio * result.reference_auc
     ):
+        return "decay"
+    if result.error_ratio is not None and result.error_ratio > rule.max_error_ratio:
         return "decay"
     if rule.outside_band and result.outside_band:
         return "realized outside the estimate's band"

@@ -301,6 +301,20 @@ class Interval:
     days: int
 
 
+def day_resamples(days: Any, *, n_resamples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, day_of_row): `counts[r, d]` is how often day d is drawn in resample r (whole
+    days with replacement), `day_of_row` each row's day index; a row's weight in resample r is
+    `counts[r, day_of_row]`. Every day-clustered interval of the gates draws from here."""
+    day_codes, day_of_row = np.unique(
+        pd.to_datetime(pd.Series(np.asarray(days))).dt.floor("D").to_numpy(), return_inverse=True
+    )
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(
+        day_codes.size, np.full(day_codes.size, 1 / day_codes.size), n_resamples
+    )
+    return counts, day_of_row
+
+
 def day_bootstrap(
     y_true: Any,
     scores: Mapping[str, Any],
@@ -313,13 +327,7 @@ def day_bootstrap(
     (days drawn with replacement: a day drawn twice weighs twice). Same resamples for every model,
     so differences are paired."""
     y = np.asarray(y_true, dtype=np.int64)
-    day_codes, day_of_row = np.unique(
-        pd.to_datetime(pd.Series(np.asarray(days))).dt.floor("D").to_numpy(), return_inverse=True
-    )
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(
-        day_codes.size, np.full(day_codes.size, 1 / day_codes.size), n_resamples
-    )
+    counts, day_of_row = day_resamples(days, n_resamples=n_resamples, seed=seed)
     functions = {name: _weighted_auc(y, np.asarray(s, dtype=float)) for name, s in scores.items()}
     full = {name: f(np.ones(y.size)) for name, f in functions.items()}
     draws = {

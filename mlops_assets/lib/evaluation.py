@@ -35,7 +35,8 @@ METRIC_NAMES = (
     "log_loss",
     "brier",
 )
-LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+# Errors of a regression target (lib/regression.py) are lower-is-better too.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "mae", "rmse"})
 
 
 PLOT_NAMES = ("confusion_matrix", "roc_curve", "pr_curve", "calibration_curve")

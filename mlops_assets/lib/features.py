@@ -31,7 +31,11 @@ def build_features(
         sql_type = "VARCHAR" if feature.kind == "categorical" else "DOUBLE"
         # Expressions are SQL from the specification: they run as code (see README).
         selected.append(f"CAST(({feature.expression}) AS {sql_type}) AS {ident(name)}")
-    selected.append(f"CAST(({spec.target.expression}) AS BIGINT) AS {ident(spec.target.name)}")
+    # A class label is an integer; a regression target keeps its decimals.
+    target_type = "DOUBLE" if spec.is_regression else "BIGINT"
+    selected.append(
+        f"CAST(({spec.target.expression}) AS {target_type}) AS {ident(spec.target.name)}"
+    )
     joins = "".join(
         f" LEFT JOIN {ident(name)} USING ({', '.join(ident(k) for k in lookup.join_on)})"
         for name, lookup in spec.lookups.items()

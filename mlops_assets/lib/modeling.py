@@ -113,6 +113,17 @@ ESTIMATORS: Mapping[str, EstimatorFamily] = MappingProxyType(
     }
 )
 
+# The same families for a numeric target (`task: regression`): the regressor of each (same
+# parameters and search space, same trusted types). The linear family stays a classifier: the
+# regression gates compare against simple predictors instead (lib/regression.py).
+REGRESSORS: Mapping[str, str] = MappingProxyType(
+    {
+        "hist_gradient_boosting": "sklearn.ensemble.HistGradientBoostingRegressor",
+        "random_forest": "sklearn.ensemble.RandomForestRegressor",
+    }
+)
+Task = Literal["classification", "regression"]
+
 # Set by build_pipeline itself, never by configuration.
 _RESERVED_PARAMS = frozenset({"random_state", "categorical_features"})
 
@@ -126,19 +137,26 @@ def _family(estimator: str) -> EstimatorFamily:
         ) from None
 
 
-def _estimator_class(estimator: str) -> type:
-    module, _, name = _family(estimator).class_path.rpartition(".")
+def _estimator_class(estimator: str, task: Task = "classification") -> type:
+    path = _family(estimator).class_path
+    if task == "regression":
+        if estimator not in REGRESSORS:
+            raise ValueError(f"{estimator!r} has no regressor; choose one of {sorted(REGRESSORS)}")
+        path = REGRESSORS[estimator]
+    module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
 
-def validate_params(estimator: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def validate_params(
+    estimator: str, params: Mapping[str, Any], task: Task = "classification"
+) -> dict[str, Any]:
     """Defaults overlaid with `params`, checked by scikit-learn's own parameter constraints.
 
     Raises ValueError for an unknown estimator, an unknown or reserved parameter name, or a value
     outside the estimator's constraints, before any data is touched.
     """
     family = _family(estimator)
-    cls = _estimator_class(estimator)
+    cls = _estimator_class(estimator, task)
     valid = set(cls().get_params()) - _RESERVED_PARAMS
     unknown = sorted(set(params) - valid)
     if unknown:
@@ -177,15 +195,17 @@ def build_pipeline(
     categorical: Sequence[str],
     numeric: Sequence[str],
     seed: int,
+    task: Task = "classification",
 ) -> Pipeline:
-    """An unfitted Pipeline: ColumnTransformer ("preprocess") then the classifier ("model")."""
+    """An unfitted Pipeline: ColumnTransformer ("preprocess") then the estimator ("model"), a
+    classifier or, for `task="regression"`, the family's regressor."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     family = _family(estimator)
-    merged = validate_params(estimator, params)
+    merged = validate_params(estimator, params, task)
     _check_columns(categorical, numeric)
     # pd.NA as the marker matches None, NaN and pd.NA alike (object, string and category dtypes).
     fill_missing = SimpleImputer(
@@ -226,18 +246,28 @@ def build_pipeline(
     model_params = {**merged, "random_state": seed}
     if estimator == "hist_gradient_boosting":
         model_params["categorical_features"] = list(categorical) or None
-    model = _estimator_class(estimator)(**model_params)
+    model = _estimator_class(estimator, task)(**model_params)
     return Pipeline([("preprocess", preprocess), ("model", model)])
 
 
 def features_and_label(
-    frame: pd.DataFrame, categorical: Sequence[str], numeric: Sequence[str], label: str
+    frame: pd.DataFrame,
+    categorical: Sequence[str],
+    numeric: Sequence[str],
+    label: str,
+    task: Task = "classification",
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The feature columns (in specification order) and the 0/1 label as an int array."""
+    """The feature columns (in specification order) and the 0/1 label as an int array (a
+    regression target: a float array)."""
     missing = sorted(set([*categorical, *numeric, label]) - set(frame.columns))
     if missing:
         raise ValueError(f"columns missing from the frame: {missing}")
     y = frame[label]
+    if task == "regression":
+        values = y.to_numpy(dtype=float, na_value=np.nan)
+        if not np.isfinite(values).all():
+            raise ValueError(f"target {label!r} must be a finite number without missing values")
+        return frame[[*categorical, *numeric]], values
     if y.isna().any() or not y.isin([0, 1]).all():
         raise ValueError(f"label {label!r} must be 0/1 without missing values")
     return frame[[*categorical, *numeric]], y.to_numpy(dtype=np.int64)
@@ -353,6 +383,7 @@ def _candidates(
     n_trials: int,
     search_space: Mapping[str, Sequence[Any]],
     seed: int,
+    task: Task = "classification",
 ) -> list[dict[str, Any]]:
     from sklearn.model_selection import ParameterGrid, ParameterSampler
 
@@ -360,7 +391,7 @@ def _candidates(
         if isinstance(values, str) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"search space entry {name!r} must be a non-empty list of values")
         for value in values:
-            validate_params(estimator, {name: value})
+            validate_params(estimator, {name: value}, task)
     space = {name: list(values) for name, values in search_space.items()}
     grid = ParameterGrid(space)
     if method == "grid":
@@ -393,6 +424,7 @@ def search_hyperparameters(
     metric: str = "roc_auc",
     seed: int = 0,
     n_jobs: int = 1,
+    task: Task = "classification",
 ) -> SearchResult:
     """Grid or random search scored by time-ordered cross-validation (`day_folds`) on `train`.
 
@@ -407,7 +439,7 @@ def search_hyperparameters(
     from sklearn.metrics import get_scorer_names
     from sklearn.model_selection import GridSearchCV
 
-    base = validate_params(estimator, params or {})
+    base = validate_params(estimator, params or {}, task)
     if method not in ("random", "grid", "none"):
         raise ValueError(f"unknown search method {method!r}; choose random, grid or none")
     if n_trials < 0:
@@ -426,12 +458,12 @@ def search_hyperparameters(
         space = search_space
     if not space:
         raise ValueError("the search space is empty; nothing to search")
-    candidates = _candidates(estimator, method, n_trials, space, seed)
+    candidates = _candidates(estimator, method, n_trials, space, seed, task)
 
     ordered = train.iloc[np.argsort(_day_codes(train, date_column), kind="stable")]
-    X, y = features_and_label(ordered, categorical, numeric, label)
+    X, y = features_and_label(ordered, categorical, numeric, label, task)
     folds = day_folds(ordered[date_column], n_splits)
-    pipeline = build_pipeline(estimator, base, categorical, numeric, seed)
+    pipeline = build_pipeline(estimator, base, categorical, numeric, seed, task)
     # One single-point grid per candidate: grid and random search share one code path, and the
     # candidates are known (and validated) before any fitting starts.
     grid = [{f"model__{k}": [v] for k, v in candidate.items()} for candidate in candidates]
@@ -472,11 +504,12 @@ def fit_final(
     label: str,
     seed: int,
     validation: pd.DataFrame | None = None,
+    task: Task = "classification",
 ) -> Pipeline:
     """Fit the pipeline on `train` (plus `validation` when given) and return it."""
-    pipeline = build_pipeline(estimator, params, categorical, numeric, seed)
+    pipeline = build_pipeline(estimator, params, categorical, numeric, seed, task)
     data = train if validation is None else pd.concat([train, validation])
-    X, y = features_and_label(data, categorical, numeric, label)
+    X, y = features_and_label(data, categorical, numeric, label, task)
     return pipeline.fit(X, y)
 
 

@@ -39,11 +39,23 @@ def predict_long(
 
     `models` holds (alias, (version, threshold, pipeline)) tuples; each pipeline's
     `predict_proba` takes the feature columns. An empty `frame` gives an empty frame with the
-    same columns.
+    same columns. A regression model (threshold None) stores its numeric `prediction` only:
+    no probability, no threshold.
     """
     parts = []
     for alias, (version, threshold, pipeline) in models:
         ids = frame[list(id_columns)].reset_index(drop=True)
+        if threshold is None:
+            values = pipeline.predict_value(frame[list(feature_columns)]) if len(frame) else []
+            parts.append(
+                ids.assign(
+                    model_name=model_name,
+                    model_version=str(version),
+                    model_alias=alias,
+                    prediction=np.asarray(values, dtype=float),
+                )
+            )
+            continue
         if len(frame):
             proba = pipeline.predict_proba(frame[list(feature_columns)])[:, 1]
         else:
@@ -192,14 +204,16 @@ def plot_summary(
         bottom.plot(
             estimates[date_column], estimates["estimated_roc_auc"], label="estimated", lw=1.2
         )
+    # A regression champion's realized MAE (no estimate, no band).
+    metric = "roc_auc" if performance.empty or "roc_auc" in performance else "mae"
     if not performance.empty:
         judged = performance[performance["judged"].astype(bool)]
-        bottom.plot(judged[date_column], judged["roc_auc"], ".", label="realized", ms=4)
+        bottom.plot(judged[date_column], judged[metric], ".", label="realized", ms=4)
         outside = judged[judged["outside_band"].astype(bool)]
         bottom.scatter(
-            outside[date_column], outside["roc_auc"], color="red", label="outside band", zorder=3
+            outside[date_column], outside[metric], color="red", label="outside band", zorder=3
         )
-    bottom.set_ylabel("ROC AUC")
+    bottom.set_ylabel(metric.upper() if metric == "mae" else "ROC AUC")
     bottom.set_title("Champion performance: estimated before labels, realized after")
     for axis in (top, bottom):
         if axis.lines or axis.collections:
@@ -237,7 +251,7 @@ def daily_series(
             ],
         ),
         (estimates, ["estimated_roc_auc", "roc_auc_low", "roc_auc_high"]),
-        (performance, ["judged", "roc_auc", "window_days", "outside_band"]),
+        (performance, ["judged", "roc_auc", "mae", "rmse", "r2", "window_days", "outside_band"]),
     ):
         if not frame.empty:
             present = [c for c in columns if c in frame.columns]

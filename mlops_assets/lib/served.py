@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 PROBABILITY = "probability"
 PREDICTION = "prediction"
@@ -27,9 +27,25 @@ UNKNOWN_CATEGORIES = "unknown_categories"
 # IsotonicRegression are on skops' default list).
 TRUSTED_TYPES = (
     "mlops_assets.lib.served.ThresholdedModel",
+    "mlops_assets.lib.served.RegressionModel",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
 )
+
+
+def _refuse_empty_rows(X: pd.DataFrame) -> None:
+    """A record with every feature missing has nothing to be scored on: the request is refused
+    with the records named (MLflow answers 400), rather than answered with the base rate."""
+    empty = np.flatnonzero(X.isna().all(axis=1).to_numpy())
+    if len(empty):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException(
+            f"{len(empty)} record(s) have every feature missing, nothing to score: "
+            f"rows {empty[:20].tolist()}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
 
 
 class ThresholdedModel(ClassifierMixin, BaseEstimator):
@@ -84,16 +100,7 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
         A record with every feature missing has nothing to be scored on: the request is refused
         with the records named (MLflow answers 400), rather than answered with the base rate.
         """
-        empty = np.flatnonzero(X.isna().all(axis=1).to_numpy())
-        if len(empty):
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(
-                f"{len(empty)} record(s) have every feature missing, nothing to score: "
-                f"rows {empty[:20].tolist()}",
-                error_code=INVALID_PARAMETER_VALUE,
-            )
+        _refuse_empty_rows(X)
         proba = self.predict_proba(X)[:, 1]
         return pd.DataFrame(
             {
@@ -116,3 +123,41 @@ class ThresholdedModel(ClassifierMixin, BaseEstimator):
         from sklearn.metrics import accuracy_score
 
         return float(accuracy_score(y, self.decide(X), sample_weight=sample_weight))
+
+
+class RegressionModel(RegressorMixin, BaseEstimator):
+    """The registered model of `task: regression`: a fitted regressor Pipeline and the categories
+    seen in training. It serves a numeric `prediction` per record (no probability, no threshold)
+    and the count of categorical values training never saw."""
+
+    threshold = None  # no operating point: the prediction is the number itself
+
+    def __init__(self, estimator: Any = None, categories: dict[str, list] | None = None):
+        self.estimator = estimator
+        self.categories = categories
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    def fit(self, X: Any, y: Any = None) -> RegressionModel:
+        raise TypeError("a RegressionModel is built fitted by the training asset")
+
+    def predict_value(self, X: pd.DataFrame) -> np.ndarray:
+        """The numeric prediction of each record (what the platform itself uses)."""
+        return np.asarray(self.estimator.predict(X), dtype=float)
+
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per record the prediction and the unknown-category count (what `mlflow models serve`
+        returns); records with every feature missing are refused."""
+        _refuse_empty_rows(X)
+        return pd.DataFrame(
+            {
+                PREDICTION: self.predict_value(X),
+                UNKNOWN_CATEGORIES: ThresholdedModel.unknown_categories(self, X),
+            }
+        )
+
+    def score(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> float:
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y, self.predict_value(X), sample_weight=sample_weight))

@@ -92,7 +92,10 @@ class FeatureSpec(_Strict):
 
 class TargetSpec(_Strict):
     name: str
-    expression: str = Field(description="SQL giving 0/1; NULL for records without a label.")
+    expression: str = Field(
+        description="SQL giving 0/1 (classification) or a number (regression); NULL for records "
+        "without a label."
+    )
     label_delay_days: int = Field(
         1, ge=0, description="Labels of day D are known from D + this many days."
     )
@@ -145,6 +148,29 @@ class GateSpec(_Strict):
     )
 
 
+class RegressionSpec(_Strict):
+    """Settings of `task: regression` only (see lib/regression.py); ignored otherwise."""
+
+    gate_error: Literal["absolute", "squared"] = Field(
+        "squared",
+        description="The error the evaluation gates compare and the search scores: RMSE "
+        "(squared, what the estimators minimise by default) or MAE (absolute: pair it with an "
+        "absolute loss in the model's params, e.g. `loss: absolute_error`, or a model fitted to "
+        "the mean can lose to the median on a skewed target). The gates' margins are on the "
+        "skill 1 - error(model) / error(reference).",
+    )
+    ab_loss: Literal["absolute", "squared"] = Field(
+        "squared",
+        description="The A/B test's primary metric: the per-record squared or absolute error, "
+        "challenger minus champion, averaged per day.",
+    )
+
+
+Task = Literal["classification", "regression"]
+# Settings that only a classifier has: refused when a regression spec sets them.
+CLASSIFICATION_ONLY = ("operating_point", "gates.rate_factor")
+
+
 class DatasetSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Also the DuckDB schema name.")
     description: str = ""
@@ -164,6 +190,12 @@ class DatasetSpec(_Strict):
     lookups: dict[str, LookupSpec] = {}
     features: dict[str, FeatureSpec] = Field(min_length=1)
     target: TargetSpec
+    task: Task = Field(
+        "classification",
+        description="classification: a 0/1 target, probabilities and a decision threshold; "
+        "regression: a numeric target and a numeric prediction.",
+    )
+    regression: RegressionSpec = RegressionSpec()
     quality: QualitySpec = QualitySpec()
     operating_point: OperatingPointSpec = OperatingPointSpec()
     gates: GateSpec = GateSpec()
@@ -197,6 +229,15 @@ class DatasetSpec(_Strict):
             raise ValueError(f"key expressions {stray} are not in key")
         if both := [k for k in self.key_expressions if k in self.columns]:
             raise ValueError(f"key {both} is both a derived key and a source column: rename it")
+        if self.task == "regression":
+            given = [f for f in CLASSIFICATION_ONLY if self._changes(f)]
+            if given:
+                raise ValueError(
+                    f"{given} only apply to task: classification (a decision threshold, a "
+                    "predicted positive rate); a regression spec must leave them out"
+                )
+        elif self.regression != RegressionSpec():
+            raise ValueError("the `regression` section only applies to task: regression")
         if self.date.end < self.date.start:
             raise ValueError(f"date.end {self.date.end} is before date.start {self.date.start}")
         for name, lookup in self.lookups.items():
@@ -223,6 +264,20 @@ class DatasetSpec(_Strict):
                         "names are case-insensitive: rename one of them"
                     )
         return self
+
+    def _changes(self, dotted: str) -> bool:
+        """Whether this (dotted) field differs from its default (a copy of a spec, dumped with
+        its defaults and read back, changes nothing)."""
+        owner: BaseModel = self
+        *parents, name = dotted.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        default = type(owner).model_fields[name].get_default(call_default_factory=True)
+        return getattr(owner, name) != default
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
 
     @property
     def default_training_window(self) -> WindowSpec:

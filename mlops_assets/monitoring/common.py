@@ -27,6 +27,13 @@ PROBABILITY = "probability"
 # the monitored days stale.
 CHAMPION_ASSET = "champion_model"
 DATE = dataset_spec.date.column
+# The column that carries a model's score: the probability, or a regression target's prediction.
+SCORE = "prediction" if dataset_spec.is_regression else PROBABILITY
+# CBPE (lib/cbpe.py) estimates classification metrics from probabilities.
+NOT_FOR_REGRESSION = (
+    "not applicable to regression: CBPE estimates classification metrics from calibrated "
+    "probabilities, and a regression model has none"
+)
 
 DAILY = {
     "partitions_def": daily_partitions,

@@ -18,7 +18,7 @@ from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
     DATE,
-    PROBABILITY,
+    SCORE,
     blocking_field,
     champion_rows,
     check_spec,
@@ -236,16 +236,16 @@ def drift_report(
     if len(reference) > config.reference_sample_rows:
         sample = reference.sample(config.reference_sample_rows, random_state=config.reference_seed)
     model = pipeline(mlflow.tracking_uri, mlflow.model_name, version)
+    inputs = sample[[*spec.categorical_features, *spec.numeric_features]]
+    # The prediction's own drift: the probability, or a regression target's predicted value.
     evidently_reference = sample.assign(
         **{
-            PROBABILITY: model.predict_proba(
-                sample[[*spec.categorical_features, *spec.numeric_features]]
-            )[:, 1]
+            SCORE: model.predict_value(inputs)
+            if spec.is_regression
+            else model.predict_proba(inputs)[:, 1]
         }
     )
-    current = features.merge(
-        champion[[DATE, *spec.key, PROBABILITY]], on=[DATE, *spec.key], how="inner"
-    )
+    current = features.merge(champion[[DATE, *spec.key, SCORE]], on=[DATE, *spec.key], how="inner")
     calendar = [f for f in spec.features if f not in (*numeric, *categorical)]
     domain_kwargs = domain_columns(reference)
     settings = DriftSettings(exclude=tuple(calendar))
@@ -277,7 +277,7 @@ def drift_report(
                 today,
                 numeric=spec.numeric_features,
                 categorical=spec.categorical_features,
-                prediction=PROBABILITY,
+                prediction=SCORE,
                 settings=settings,
                 html_path=html_path,
                 timestamp=dt.datetime.fromisoformat(day),

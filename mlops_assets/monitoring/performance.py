@@ -20,6 +20,7 @@ from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
     DATE,
+    NOT_FOR_REGRESSION,
     PROBABILITY,
     blocking_field,
     champion_rows,
@@ -112,6 +113,17 @@ def performance_estimate(
     from mlops_assets.lib import cbpe
     from mlops_assets.lib.registry import test_metrics
 
+    if dataset_spec.is_regression:
+        for day in days(context):
+            skip_day(context, day, NOT_FOR_REGRESSION)
+        yield dg.Output(pd.DataFrame(), metadata={"not_applicable": NOT_FOR_REGRESSION})
+        # Not a pass: nothing was estimated (a warning per day that says why; never blocks).
+        gates = [
+            _gate(day, ESTIMATE_CHECK, False, False, config.blocking, NOT_FOR_REGRESSION)
+            for day in days(context)
+        ]
+        yield from day_checks(context, warehouse, ESTIMATE_CHECK, gates, run_days=days(context))
+        return
     champion = champion_rows(predictions)
     by_day = champion.groupby(day_of(champion))
     rows, flagged, unjudged, tests, gates = [], [], [], {}, []
@@ -257,8 +269,15 @@ def performance(
 ):
     """The champion's realized metrics per day once labels are usable (accuracy, F1, ROC AUC,
     Brier, ...), judged on a trailing window when the day alone has too few labelled records,
-    beside the CBPE estimate for the same records and whether the realized value left its band."""
+    beside the CBPE estimate for the same records and whether the realized value left its band.
+    A regression target: MAE, RMSE, R2 and the label-revealed drift (monitoring/regression.py)."""
     import pandas as pd
+
+    if dataset_spec.is_regression:
+        from mlops_assets.monitoring.regression import regression_performance
+
+        yield from regression_performance(context, config, mlflow, warehouse)
+        return
 
     from mlops_assets.lib import cbpe
     from mlops_assets.lib.clock import labels_usable, today

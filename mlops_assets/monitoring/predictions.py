@@ -7,7 +7,7 @@ from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
     DATE,
-    PROBABILITY,
+    SCORE,
     champion_rows,
     day_of,
     days,
@@ -40,7 +40,7 @@ def predictions(
                 alias,
                 (
                     ref.version,
-                    ref.decision_threshold,
+                    None if dataset_spec.is_regression else ref.decision_threshold,
                     pipeline(mlflow.tracking_uri, mlflow.model_name, ref.version),
                 ),
             )
@@ -62,8 +62,15 @@ def predictions(
         context.add_asset_metadata(
             {
                 "records": len(rows),
-                "predicted_positive_rate": float(rows["prediction"].mean()),
-                "mean_probability": float(rows[PROBABILITY].mean()),
+                # A regression target's mean prediction; else the decisions' and the probabilities'.
+                **(
+                    {"mean_prediction": float(rows[SCORE].mean())}
+                    if dataset_spec.is_regression
+                    else {
+                        "predicted_positive_rate": float(rows["prediction"].mean()),
+                        "mean_probability": float(rows[SCORE].mean()),
+                    }
+                ),
                 "dagster/partition_row_count": len(rows) * len(models),
             },
             partition_key=day,
@@ -73,6 +80,10 @@ def predictions(
         metadata={
             "model_name": mlflow.model_name,
             **{f"{alias}_version": ref.version for alias, ref in models},
-            **{f"{alias}_threshold": ref.decision_threshold for alias, ref in models},
+            **{
+                f"{alias}_threshold": ref.decision_threshold
+                for alias, ref in models
+                if not dataset_spec.is_regression
+            },
         },
     )

@@ -103,25 +103,43 @@ def decide(design: ExperimentDesign, records: Records) -> ABDecision:
     seen = records.take(records.day <= last)
     exp = seen.in_experiment()
     srm = sample_ratio_mismatch(seen.arm, design.shares, design.srm_alpha)
-    guardrails = check_guardrails(
-        exp.label,
-        exp.score_control,
-        exp.score_treatment,
-        exp.threshold_control,
-        exp.threshold_treatment,
-        design.positive_rate_tolerance,
-        design.calibration_tolerance,
-    )
+    if records.loss == "log_loss":
+        guardrails = check_guardrails(
+            exp.label,
+            exp.score_control,
+            exp.score_treatment,
+            exp.threshold_control,
+            exp.threshold_treatment,
+            design.positive_rate_tolerance,
+            design.calibration_tolerance,
+        )
+    else:
+        # A regression has no threshold, rate or calibration: its guardrail is the bias, with
+        # the positive-rate tolerance as the share of the champion's MAE it may grow by (one
+        # stored design schema for both tasks).
+        from mlops_assets.lib.ab_testing.guardrails import MIN_RECORDS
+        from mlops_assets.lib.regression import bias_guardrail
+
+        guardrails = (
+            bias_guardrail(
+                exp.label,
+                exp.score_control,
+                exp.score_treatment,
+                design.positive_rate_tolerance,
+                MIN_RECORDS,
+            ),
+        )
     boot = (design.alpha, design.n_resamples, design.seed)
     split = day_bootstrap("split_log_loss_diff", daily.split_diff, *boot)
     secondary = day_bootstrap("roc_auc_diff", daily.roc_auc_diff, *boot)
 
     look = looks[-1]
+    loss = design.primary_metric.replace("_", " ")
     figures = (
-        f"mean daily log-loss difference (challenger - champion) {look.mean:+.5f}, "
+        f"mean daily {loss} difference (challenger - champion) {look.mean:+.5f}, "
         f"{1 - design.alpha:.0%} confidence sequence [{look.low:+.5f}, {look.high:+.5f}] "
         f"after {look.days} days; promotion margin {-margin:+.5f} "
-        f"({design.min_improvement:.1%} of the champion's log loss {design.baseline_log_loss:.4f})"
+        f"({design.min_improvement:.1%} of the champion's {loss} {design.baseline_log_loss:.4f})"
     )
     reasons = [figures]
     vetoes = [g for g in guardrails if g.vetoes]

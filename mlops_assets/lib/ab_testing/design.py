@@ -55,7 +55,9 @@ class ExperimentDesign:
     seed: int = 0
     primary_metric: str = PRIMARY_METRIC
     secondary_metric: str = SECONDARY_METRIC
-    baseline_log_loss: float = math.nan  # the champion's mean daily log loss before the start
+    # The champion's mean daily primary loss before the start (log loss; for a regression, its
+    # squared or absolute error: `primary_metric` names it).
+    baseline_log_loss: float = math.nan
     baseline_days: int = 0
     baseline_daily_sd: float = math.nan  # sd of the champion's A/A daily log-loss difference
     mde: float = math.nan  # true log-loss reduction promoted with probability `power` by max days
@@ -157,6 +159,7 @@ def design_experiment(
                 champion.score_control,  # A/A: the champion against itself
                 champion.threshold_control,
                 champion.threshold_control,
+                champion.loss,
             )
         )
         diffs = daily.split_diff[np.isfinite(daily.split_diff)]

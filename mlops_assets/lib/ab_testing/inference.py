@@ -39,10 +39,16 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+# The per-record loss of the primary metric: log loss of probabilities, or a regression target's
+# squared or absolute error (lib/regression.py; the spec's `regression.ab_loss`).
+LOSSES = ("log_loss", "squared_error", "absolute_error")
+
+
 @dataclass(frozen=True)
 class Records:
     """One experiment's labelled records, in any order: day, arm, label, both models' scores and
-    each model's own threshold (its operating point, from the registry)."""
+    each model's own threshold (its operating point, from the registry). With a regression
+    `loss`, labels and scores are numbers and the thresholds NaN (a regression model has none)."""
 
     day: np.ndarray  # datetime64[D]
     arm: np.ndarray
@@ -51,12 +57,20 @@ class Records:
     score_treatment: np.ndarray
     threshold_control: float
     threshold_treatment: float
+    loss: str = "log_loss"
 
     def __post_init__(self) -> None:
         n = self.day.shape[0]
         arrays = (self.arm, self.label, self.score_control, self.score_treatment)
         if any(a.shape != (n,) for a in arrays):
             raise ValueError("records: every column must be 1-D of the same length")
+        if self.loss not in LOSSES:
+            raise ValueError(f"records: unknown loss {self.loss!r}; one of {LOSSES}")
+        if self.loss != "log_loss":
+            values = (self.label, self.score_control, self.score_treatment)
+            if not all(np.isfinite(np.asarray(v, dtype=float)).all() for v in values):
+                raise ValueError("records: labels and predictions must be finite numbers")
+            return
         if not np.isin(self.label, (0, 1)).all():
             raise ValueError("records: labels must be 0/1 (drop unlabelled records first)")
         for name in ("score_control", "score_treatment"):
@@ -68,9 +82,21 @@ class Records:
                 raise ValueError(f"records: {name} must be in (0, 1), got {getattr(self, name)}")
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, date_column: str) -> Records:
-        """From `ab_outcomes` rows (unlabelled rows dropped); one threshold per model required."""
+    def from_frame(cls, frame: pd.DataFrame, date_column: str, loss: str = "log_loss") -> Records:
+        """From `ab_outcomes` rows (unlabelled rows dropped); one threshold per model required
+        (none for a regression loss)."""
         labelled = frame[frame["label"].notna()]
+        if loss != "log_loss":
+            return cls(
+                day=labelled[date_column].to_numpy().astype("datetime64[D]"),
+                arm=labelled["arm"].to_numpy(dtype=object),
+                label=labelled["label"].to_numpy(dtype=float),
+                score_control=labelled["score_control"].to_numpy(dtype=float),
+                score_treatment=labelled["score_treatment"].to_numpy(dtype=float),
+                threshold_control=float("nan"),
+                threshold_treatment=float("nan"),
+                loss=loss,
+            )
         thresholds = {}
         for column in ("threshold_control", "threshold_treatment"):
             values = labelled[column].dropna().unique()
@@ -98,6 +124,7 @@ class Records:
             self.score_treatment[mask],
             self.threshold_control,
             self.threshold_treatment,
+            self.loss,
         )
 
     def in_experiment(self) -> Records:
@@ -112,14 +139,25 @@ class DailyFigures:
     n: np.ndarray  # experiment records (both arms)
     n_control: np.ndarray
     n_treatment: np.ndarray
-    log_loss_control: np.ndarray  # paired: both models on all the day's experiment records
+    # The primary loss (log loss, or a regression's squared or absolute error), paired: both
+    # models on all the day's experiment records.
+    log_loss_control: np.ndarray
     log_loss_treatment: np.ndarray
     paired_diff: np.ndarray  # treatment - control; negative = the challenger is better
     split_diff: np.ndarray  # treatment arm scored by treatment - control arm by control
-    roc_auc_diff: np.ndarray  # treatment - control on the day's records; positive = better
+    roc_auc_diff: np.ndarray  # treatment - control; positive = better (NaN for a regression)
 
     def head(self, days: int) -> DailyFigures:
         return DailyFigures(**{k: v[:days] for k, v in self.__dict__.items()})
+
+
+def record_loss(records: Records, score: np.ndarray) -> np.ndarray:
+    """Each record's primary loss under `score` (the control's or the treatment's)."""
+    if records.loss == "log_loss":
+        return per_record_log_loss(records.label, score)
+    from mlops_assets.lib.regression import per_record_loss
+
+    return per_record_loss(records.label, score, records.loss.removesuffix("_error"))
 
 
 def daily_figures(records: Records) -> DailyFigures:
@@ -127,8 +165,7 @@ def daily_figures(records: Records) -> DailyFigures:
     r = records.in_experiment()
     days, code = np.unique(r.day, return_inverse=True)
     k = days.size
-    loss_c = per_record_log_loss(r.label, r.score_control)
-    loss_t = per_record_log_loss(r.label, r.score_treatment)
+    loss_c, loss_t = record_loss(r, r.score_control), record_loss(r, r.score_treatment)
     in_c, in_t = r.arm == "control", r.arm == "treatment"
     n = np.bincount(code, minlength=k)
     n_c = np.bincount(code[in_c], minlength=k)
@@ -142,7 +179,9 @@ def daily_figures(records: Records) -> DailyFigures:
     order = np.argsort(code, kind="stable")
     bounds = np.cumsum(n)[:-1]
     auc = np.array(
-        [
+        np.full(k, np.nan)
+        if r.loss != "log_loss"
+        else [
             roc_auc(y, t) - roc_auc(y, c)
             for y, c, t in zip(
                 np.split(r.label[order], bounds),

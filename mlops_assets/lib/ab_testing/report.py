@@ -31,6 +31,7 @@ def _num(x: float, fmt: str = "+.5f") -> str:
 def to_metadata(d: ABDecision) -> dict[str, float | int | str]:
     """Flat floats, ints and strings: the decision, its figures and the design."""
     look = d.primary
+    loss = d.design.primary_metric  # log_loss, or a regression's squared_error / absolute_error
     out: dict[str, float | int | str] = {
         "decision": d.decision,
         "status": d.status,
@@ -39,12 +40,12 @@ def to_metadata(d: ABDecision) -> dict[str, float | int | str]:
         "days_analysed": d.days_analysed,
         "first_day": str(d.first_day),
         "last_day": str(d.last_day),
-        "log_loss_diff": look.mean,
-        "log_loss_diff_cs_low": look.low,
-        "log_loss_diff_cs_high": look.high,
-        "split_log_loss_diff": d.split.mean,
-        "split_log_loss_diff_ci_low": d.split.low,
-        "split_log_loss_diff_ci_high": d.split.high,
+        f"{loss}_diff": look.mean,
+        f"{loss}_diff_cs_low": look.low,
+        f"{loss}_diff_cs_high": look.high,
+        f"split_{loss}_diff": d.split.mean,
+        f"split_{loss}_diff_ci_low": d.split.low,
+        f"split_{loss}_diff_ci_high": d.split.high,
         "roc_auc_diff": d.secondary.mean,
         "roc_auc_diff_ci_low": d.secondary.low,
         "roc_auc_diff_ci_high": d.secondary.high,
@@ -81,7 +82,8 @@ def to_markdown(d: ABDecision) -> str:
         *[f"- {r}" for r in d.reasons[1:]],
         f"- {LATENCY_NOTE}",
         "",
-        "### Primary: per-record log loss, challenger - champion, per day (paired)",
+        f"### Primary: per-record {s.primary_metric.replace('_', ' ')}, challenger - champion, "
+        "per day (paired)",
         "",
         f"Each day is one observation: the mean over that day's experiment records. "
         f"Negative = the challenger is better. The {1 - s.alpha:.0%} confidence sequence holds "
