@@ -192,9 +192,11 @@ def _stored_design(warehouse: DuckDBResource, experiment: str):
 
 
 def _new_design(config: ABTestConfig, warehouse, experiment, first_day, champion, reference):
-    """The design from the champion's labelled records of the days before `first_day`."""
+    """The design from the champion's labelled records of the days before `first_day`, but the
+    days a blocking monitoring check kept out (as the analysis leaves them out)."""
     import datetime as dt
 
+    from mlops_assets.lib import gates
     from mlops_assets.lib.ab_testing.assignment import assign_arms
     from mlops_assets.lib.ab_testing.design import ExperimentDesign, design_experiment
     from mlops_assets.lib.ab_testing.inference import Records
@@ -217,6 +219,8 @@ def _new_design(config: ABTestConfig, warehouse, experiment, first_day, champion
                 params=[CHAMPION, champion, since, first_day],
             )
         )
+        kept_out = gates.excluded_days(con, spec.name, since, first_day - dt.timedelta(days=1))
+    rows = rows[~rows[date].dt.date.isin(kept_out)]
     settings = {
         k: getattr(config, k)
         for k in ExperimentDesign.__dataclass_fields__

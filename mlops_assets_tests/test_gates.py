@@ -101,6 +101,11 @@ def test_a_day_failing_a_blocking_check_is_kept_out_of_the_ab_test_and_training(
     analysed = 2 if blocking else 3
     assert ab["status"].startswith(f"running: {analysed} of the minimum 14 days")
     assert ab["excluded_days"] == int(blocking)
+    # Blocked, the experiment starts on Jan 9, and its design's baseline (the champion's days
+    # before the start: Jan 8, the only one scored) leaves Jan 8 out too.
+    assert sql(env, "SELECT first_day::VARCHAR, baseline_days FROM flights.ab_designs") == [
+        ("2013-01-09" if blocking else DAY, 0)
+    ]
     report = (env["dir"] / "reports" / "ab" / f"{MODEL}-v1-vs-v2.md").read_text()
     assert (f"| {DAY} | {DRIFT_CHECK}: alarm" in report) is blocking
 
