@@ -13,6 +13,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.sql import ident
 from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
@@ -22,6 +23,7 @@ from mlops_assets.monitoring.common import (
     champion_rows,
     day_of,
     days,
+    days_in,
     pipeline,
     skip_day,
 )
@@ -203,8 +205,8 @@ def drift_report(
     mlflow: MlflowTracking,
     reports: ReportStore,
     evidently: EvidentlyWorkspace,
-    features,
-    predictions,
+    features: DayChunks,
+    predictions: DayChunks,
 ):
     """Each day against the champion's training data: per column a standardised score
     (`drift_z__<column>`) and whether it drifted, the domain classifier's AUC, and the day's
@@ -216,8 +218,10 @@ def drift_report(
 
     spec = dataset_spec
     numeric, categorical = spec.drift_features
-    champion = champion_rows(predictions)
-    versions = sorted(champion["model_version"].unique())
+    # One pass for the champion versions (the range is then judged against the latest).
+    versions = sorted(
+        {v for chunk in predictions for v in champion_rows(chunk)["model_version"].unique()}
+    )
     if not versions:
         for day in days(context):
             skip_day(context, day, "no scored records on this day: nothing to compare")
@@ -243,20 +247,15 @@ def drift_report(
             )[:, 1]
         }
     )
-    current = features.merge(
-        champion[[DATE, *spec.key, PROBABILITY]], on=[DATE, *spec.key], how="inner"
-    )
     calendar = [f for f in spec.features if f not in (*numeric, *categorical)]
     domain_kwargs = domain_columns(reference)
     settings = DriftSettings(exclude=tuple(calendar))
     run_days = days(context)
-    by_day = current.groupby(day_of(current))
     rows, snapshots = [], []
-    for day in run_days:
-        if day not in by_day.groups:
+    for day, today in _days_scored(features, predictions, run_days):
+        if today is None:
             skip_day(context, day, "no records on this day: nothing to compare")
             continue
-        today = by_day.get_group(day)
         scores = dc.column_scores(sample, today, numeric, categorical)
         domain = float("nan")
         judgeable = calibration is not None and len(today) >= config.min_rows
@@ -339,6 +338,20 @@ def drift_report(
         },
     )
     yield drift_check(table, config)
+
+
+def _days_scored(features: DayChunks, predictions: DayChunks, run_days: list[str]):
+    """(day, its features with the champion's probability, or None) for each day of the run,
+    reading one window of days at a time."""
+    key = [DATE, *dataset_spec.key]
+    for first, last in features.windows:
+        champion = champion_rows(predictions.read(first, last))
+        current = features.read(first, last).merge(
+            champion[[*key, PROBABILITY]], on=key, how="inner"
+        )
+        by_day = current.groupby(day_of(current))
+        for day in days_in(run_days, first, last):
+            yield day, by_day.get_group(day) if day in by_day.groups else None
 
 
 def drift_check(table, config: DriftConfig) -> dg.AssetCheckResult:

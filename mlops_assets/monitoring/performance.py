@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.lib.sql import ident
 from mlops_assets.monitoring.common import (
@@ -24,6 +25,7 @@ from mlops_assets.monitoring.common import (
     champion_rows,
     day_of,
     days,
+    days_in,
     decision_threshold,
     skip_day,
 )
@@ -91,7 +93,7 @@ def performance_estimate(
     context: dg.AssetExecutionContext,
     config: EstimateConfig,
     mlflow: MlflowTracking,
-    predictions,
+    predictions: DayChunks,
 ):
     """The champion's expected ROC AUC, accuracy and F1 for each scored day, before any label,
     with a band (CBPE: labels simulated from the model's probabilities)."""
@@ -100,14 +102,11 @@ def performance_estimate(
     from mlops_assets.lib import cbpe
     from mlops_assets.lib.registry import test_metrics
 
-    champion = champion_rows(predictions)
-    by_day = champion.groupby(day_of(champion))
     rows, flagged, unjudged, tests = [], [], [], {}
-    for day in days(context):
-        if day not in by_day.groups:
+    for day, scored in _champion_days(predictions, days(context)):
+        if scored is None:
             skip_day(context, day, "no scored records on this day")
             continue
-        scored = by_day.get_group(day)
         version = str(scored["model_version"].iloc[0])
         if version not in tests:
             threshold = decision_threshold(mlflow, version)
@@ -173,6 +172,15 @@ def performance_estimate(
             ),
         },
     )
+
+
+def _champion_days(predictions: DayChunks, run_days: list[str]):
+    """(day, the champion's scored records of the day, or None), one window at a time."""
+    for first, last in predictions.windows:
+        champion = champion_rows(predictions.read(first, last))
+        by_day = champion.groupby(day_of(champion))
+        for day in days_in(run_days, first, last):
+            yield day, by_day.get_group(day) if day in by_day.groups else None
 
 
 class PerformanceConfig(dg.Config):
