@@ -57,7 +57,8 @@ STAGE = textwrap.dedent("""
         elif stage == "training":
             # The bench needs a champion, not a good one: gates no model misses (a short
             # window's model can flag twice the actual rate and fail check_not_degenerate).
-            gates = {"baseline_margin": -1.0, "champion_margin": -1.0, "rate_factor": 1000.0}
+            gates = {"baseline_margin": -1.0, "champion_margin": -1.0, "rate_factor": 1000.0,
+                     "min_test_days": 1}
             run_job(defs, instance, "training_job", "training", quiet=True,
                     config={"ops": {"model": {"config": {"search": "none"}},
                                     "evaluation": {"config": gates}}})
