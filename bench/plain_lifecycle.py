@@ -10,29 +10,37 @@ same data sizes, in the same order of stages:
 
 1. data: stage the flights and weather CSVs as Parquet (fresh directory, so staging is included),
    read every day, the row-count and duplicate checks, validate all rows
-   (`lib.validation.validate_records` over the whole range at once, as the single-run backfill
-   does), null-rate and schema checks, validate the weather lookup and build the features; write
-   raw_records, validated_records, quarantined_records and features to DuckDB.
+   (`lib.validation.validate_records` over the whole range at once; the assets do it in windows
+   of whole days, `lib.chunks`), null-rate and schema checks, validate the weather lookup and
+   build the features; write raw_records, validated_records, quarantined_records and features.
 2. training on the default window (Jan-Jun): time_split 0.15/0.15, the training_set table, the
    random search (HistGradientBoosting, 4 trials, 3 day folds, roc_auc, seed 0) with one nested
-   MLflow run per trial, fit, validation metrics, `mlflow.sklearn.log_model` (skops trusted
-   types, pinned pip_requirements) registered with the challenger alias and lineage tags;
-   evaluation (test metrics, prior baseline, the four plots, metrics.json, logged to the run,
-   gates tagged), permutation importance (5 repeats, 20,000 rows, roc_auc) with its chart and
+   MLflow run per trial, fit, calibration and threshold on the validation days
+   (`lib.decision.calibrate`, `choose_threshold` by the spec's operating point), the
+   `lib.served.ThresholdedModel` logged (skops trusted types, pinned pip_requirements) and
+   registered with the challenger alias and lineage tags; evaluation as the evaluation asset
+   (test metrics, operating point against hindsight, calibration before/after, logistic and
+   category-rate baselines, `comparison_gate` / `degenerate_gate` with the spec's gates, plots,
+   metrics.json), permutation importance (5 repeats, 20,000 rows, roc_auc) with its chart and
    table; the first model becomes champion (alias, tags, audit row in DuckDB).
-3. monitoring of Jul-Dec: long-format predictions (`lib.monitoring.predict_long`), drift per day
-   (`lib.drift.compute_drift`: reference = the train split, constant-within-day columns excluded,
-   20,000 rows sampled with seed 0 and scored by the champion; thresholds 1.0 / 0.1 / 1.0, drift
-   share 0.5; HTML for the last day only; all snapshots saved to an Evidently workspace), daily
-   performance against the test metrics, the summary plot and monthly table; tables written.
-4. the retraining rule (`lib.automation.evaluate_rule`) replayed day by day over the monitored
-   days (the last 180, as the sensor cursor keeps), then the same retraining as the lifecycle:
-   the rule's 90-day window if it fired (A/B from the next day), else a random-forest challenger
-   on the default window (A/B over all monitored days). Evaluation against the champion.
+3. monitoring of Jul-Dec: long-format predictions (`lib.monitoring.predict_long`); drift per day
+   against the champion's training window with thresholds calibrated on its own days
+   (`lib.drift_calibration`: null scores, domain classifier null over 40 days, quantile 0.99),
+   an Evidently snapshot per day (HTML for the last day only) saved to a workspace; CBPE per day
+   (`lib.cbpe.estimate`, band inflation 3.38); realized performance on the day or its trailing
+   window (`lib.monitoring.trailing_window`, 100 labelled records, up to 7 days) beside the
+   estimate for the same records; the summary plot and tables (`lib.monitoring.plot_summary`,
+   `daily_series`); tables written.
+4. the retraining rule (`lib.automation.replay_rule`: drift alarms, decay, outside the band)
+   replayed over the monitored days (the last 180, as the sensor cursor keeps), then the same
+   retraining as the lifecycle: the rule's 90-day window if it fired (A/B from the next day),
+   else a random-forest challenger on the default window (A/B over all monitored days).
+   Evaluation against the champion by the same gates.
 5. A/B: both models score the A/B days (predictions rewritten), arms by `assign_arms` (0.45 /
    0.45 / 0.10), outcomes table, the design from the champion's 28 days before the start
    (`lib.ab_testing.design.design_experiment` with the ab_results defaults), `decide`, the
-   report; promotion if it says so.
+   report; promotion if it says so. (The lifecycle runs the A/B test only when the challenger
+   passed its gates; this script runs it either way.)
 
 What it leaves out, because it is the orchestration and tracking overhead being measured: the
 Dagster import and instance, run/event storage and per-partition metadata, the IO manager's
@@ -89,6 +97,7 @@ from mlops_assets.lib import (  # noqa: E402
     monitoring,
     quality,
     registry,
+    served,
     sources,
     validation,
 )
@@ -298,21 +307,30 @@ def train(
         # threshold by the spec's policy.
         X_val, y_val = modeling.features_and_label(validation_part, CATEGORICAL, NUMERIC, LABEL)
         calibration = calibrate(pipeline, X_val, y_val, validation_part[DATE])
-        pipeline = calibration.model
-        proba_val = pipeline.predict_proba(X_val)[:, 1]
+        proba_val = calibration.model.predict_proba(X_val)[:, 1]
         threshold = choose_threshold(y_val, proba_val, SPEC.operating_point)
+        # What the model asset registers: the calibrated pipeline with its threshold.
+        pipeline = served.ThresholdedModel(
+            calibration.model,
+            threshold,
+            categories={c: train_part[c].dropna().unique().tolist() for c in CATEGORICAL},
+        )
         validation_metrics = evaluation.classification_metrics(y_val, proba_val, threshold)
         mlflow.log_params({"threshold": threshold, "calibration": calibration.method})
         mlflow.log_metrics({f"validation_{k}": float(v) for k, v in validation_metrics.items()})
         X_train, _ = modeling.features_and_label(train_part, CATEGORICAL, NUMERIC, LABEL)
         example = X_train.head(5)
+        example = example.astype({c: "float64" for c in example.select_dtypes("integer")})
         logged = mlflow.sklearn.log_model(
             pipeline,
             name="model",
             registered_model_name=MODEL_NAME,
-            signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
+            signature=infer_signature(example, pipeline.predict(example)),
             input_example=example,
-            skops_trusted_types=modeling.skops_trusted_types(estimator),
+            skops_trusted_types=[
+                *modeling.skops_trusted_types(estimator),
+                *served.TRUSTED_TYPES,
+            ],
             pip_requirements=registry.serving_requirements(),
         )
         version = str(logged.registered_model_version)
@@ -758,8 +776,8 @@ def main() -> None:
     with Stage("replay", "replay the retraining rule over the monitored days"):
         rule = RetrainingRule()
         decisions = replay_retraining(per_day, rule)
-        for decision in decisions:
-            say(f"   would retrain on {decision.last_day}: {decision.reason}")
+        for request in decisions:
+            say(f"   would retrain on {request.last_day}: {request.reason}")
     if decisions:
         start, end = decisions[0].training_window(rule)
         start = max(start, SPEC.date.start)
@@ -779,39 +797,43 @@ def main() -> None:
             reports=reports,
             champion=champion,
         )
-    with Stage("ab_scoring", f"score champion and challenger, A/B outcomes: {ab_start}.."):
-        outcomes, experiment = ab_test(
-            feats,
-            ab_start,
-            monitor_end,
-            champion,
-            challenger,
-            wh=wh,
-            tracking=tracking,
-            reports=reports,
-        )
-    with Stage("ab_test", "A/B test and promotion decision"):
-        decision, champion_version = ab_decide(
-            outcomes,
-            experiment,
-            champion,
-            challenger,
-            feats,
-            ab_start,
-            wh=wh,
-            tracking=tracking,
-            reports=reports,
-        )
+    # As the lifecycle: the A/B test only for a challenger that passed its gates.
+    experiment, ab_decision, champion_version = "none", "not run: challenger failed", None
+    if challenger["gates"] == "passed":
+        with Stage("ab_scoring", f"score champion and challenger, A/B outcomes: {ab_start}.."):
+            outcomes, experiment = ab_test(
+                feats,
+                ab_start,
+                monitor_end,
+                champion,
+                challenger,
+                wh=wh,
+                tracking=tracking,
+                reports=reports,
+            )
+        with Stage("ab_test", "A/B test and promotion decision"):
+            verdict, champion_version = ab_decide(
+                outcomes,
+                experiment,
+                champion,
+                challenger,
+                feats,
+                ab_start,
+                wh=wh,
+                tracking=tracking,
+                reports=reports,
+            )
+        ab_decision = f"{verdict.decision}: {verdict.status}"
     wh.con.close()
 
     say("\nSummary")
     summary = {
-        "champion version": champion_version,
+        "champion version": champion_version or champion["version"],
         "first model, test ROC AUC": round(champion["metrics"]["roc_auc"], 4),
         "first model, test accuracy": round(champion["metrics"]["accuracy"], 4),
         "retraining rule (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": experiment,
-        "A/B decision": f"{decision.decision}: {decision.status}",
+        "A/B decision": ab_decision,
         "elapsed": f"{time.perf_counter() - BEGAN:.0f} s",
     }
     for key, value in summary.items():
