@@ -149,13 +149,6 @@ class DuckDBFrameIOManager(DuckDBIOManager):
         description="Rows per window of an input read as DayChunks "
         "(default lib.chunks.CHUNK_ROWS).",
     )
-    memory_limit: str | None = Field(
-        default="512MB",
-        description="DuckDB's memory limit in this process (SET memory_limit), applied when the "
-        "IO manager connects. With DuckDB's default (80% of the RAM) a year written window by "
-        "window stayed cached in its buffers; above the limit it writes out or spills to disk. "
-        "None: DuckDB's default.",
-    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
@@ -217,11 +210,6 @@ class _QuotingDuckDbClient(DuckDbClient):
         # schema change) kept the file open, and locked, in an in-process run.
         with DuckDbClient.connect(context, table_slice) as con:
             try:
-                limit = context.resource_config.get("memory_limit")
-                if limit:
-                    from mlops_assets.lib.sql import literal
-
-                    con.execute(f"SET memory_limit = {literal(limit)}")
                 yield con
             finally:
                 con.close()
