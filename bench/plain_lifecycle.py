@@ -10,29 +10,37 @@ same data sizes, in the same order of stages:
 
 1. data: stage the flights and weather CSVs as Parquet (fresh directory, so staging is included),
    read every day, the row-count and duplicate checks, validate all rows
-   (`lib.validation.validate_records` over the whole range at once, as the single-run backfill
-   does), null-rate and schema checks, validate the weather lookup and build the features; write
-   raw_records, validated_records, quarantined_records and features to DuckDB.
+   (`lib.validation.validate_records` over the whole range at once; the assets do it in windows
+   of whole days, `lib.chunks`), null-rate and schema checks, validate the weather lookup and
+   build the features; write raw_records, validated_records, quarantined_records and features.
 2. training on the default window (Jan-Jun): time_split 0.15/0.15, the training_set table, the
    random search (HistGradientBoosting, 4 trials, 3 day folds, roc_auc, seed 0) with one nested
-   MLflow run per trial, fit, validation metrics, `mlflow.sklearn.log_model` (skops trusted
-   types, pinned pip_requirements) registered with the challenger alias and lineage tags;
-   evaluation (test metrics, prior baseline, the four plots, metrics.json, logged to the run,
-   gates tagged), permutation importance (5 repeats, 20,000 rows, roc_auc) with its chart and
+   MLflow run per trial, fit, calibration and threshold on the validation days
+   (`lib.decision.calibrate`, `choose_threshold` by the spec's operating point), the
+   `lib.served.ThresholdedModel` logged (skops trusted types, pinned pip_requirements) and
+   registered with the challenger alias and lineage tags; evaluation as the evaluation asset
+   (test metrics, operating point against hindsight, calibration before/after, logistic and
+   category-rate baselines, `comparison_gate` / `degenerate_gate` with the spec's gates, plots,
+   metrics.json), permutation importance (5 repeats, 20,000 rows, roc_auc) with its chart and
    table; the first model becomes champion (alias, tags, audit row in DuckDB).
-3. monitoring of Jul-Dec: long-format predictions (`lib.monitoring.predict_long`), drift per day
-   (`lib.drift.compute_drift`: reference = the train split, constant-within-day columns excluded,
-   20,000 rows sampled with seed 0 and scored by the champion; thresholds 1.0 / 0.1 / 1.0, drift
-   share 0.5; HTML for the last day only; all snapshots saved to an Evidently workspace), daily
-   performance against the test metrics, the summary plot and monthly table; tables written.
-4. the retraining rule (`lib.automation.evaluate_rule`) replayed day by day over the monitored
-   days (the last 180, as the sensor cursor keeps), then the same retraining as the lifecycle:
-   the rule's 90-day window if it fired (A/B from the next day), else a random-forest challenger
-   on the default window (A/B over all monitored days). Evaluation against the champion.
+3. monitoring of Jul-Dec: long-format predictions (`lib.monitoring.predict_long`); drift per day
+   against the champion's training window with thresholds calibrated on its own days
+   (`lib.drift_calibration`: null scores, domain classifier null over 40 days, quantile 0.99),
+   an Evidently snapshot per day (HTML for the last day only) saved to a workspace; CBPE per day
+   (`lib.cbpe.estimate`, band inflation 3.38); realized performance on the day or its trailing
+   window (`lib.monitoring.trailing_window`, 100 labelled records, up to 7 days) beside the
+   estimate for the same records; the summary plot and tables (`lib.monitoring.plot_summary`,
+   `daily_series`); tables written.
+4. the retraining rule (`lib.automation.replay_rule`: drift alarms, decay, outside the band)
+   replayed over the monitored days (the last 180, as the sensor cursor keeps), then the same
+   retraining as the lifecycle: the rule's 90-day window if it fired (A/B from the next day),
+   else a random-forest challenger on the default window (A/B over all monitored days).
+   Evaluation against the champion by the same gates.
 5. A/B: both models score the A/B days (predictions rewritten), arms by `assign_arms` (0.45 /
    0.45 / 0.10), outcomes table, the design from the champion's 28 days before the start
    (`lib.ab_testing.design.design_experiment` with the ab_results defaults), `decide`, the
-   report; promotion if it says so.
+   report; promotion if it says so. (The lifecycle runs the A/B test only when the challenger
+   passed its gates; this script runs it either way.)
 
 What it leaves out, because it is the orchestration and tracking overhead being measured: the
 Dagster import and instance, run/event storage and per-partition metadata, the IO manager's
@@ -79,13 +87,17 @@ from flights_data import staged_source, validated_lookups  # noqa: E402
 from mlflow.models import infer_signature  # noqa: E402
 
 from mlops_assets.lib import (  # noqa: E402
+    cbpe,
+    decision,
     drift,
+    drift_calibration,
     evaluation,
     features,
     modeling,
     monitoring,
     quality,
     registry,
+    served,
     sources,
     validation,
 )
@@ -110,6 +122,11 @@ EXPERIMENT = "mlops_assets"
 PROBABILITY = "probability"
 CURSOR_DAYS_KEPT = 180  # mlops_assets.automation: the sensor cursor keeps the latest 180 days
 STAGES: list[tuple[str, float]] = []
+# The assets' defaults (their homes: monitoring/drift.py DriftConfig, monitoring/performance.py
+# BAND_INFLATION and the configs' min_rows / min_labelled_records), which import Dagster.
+DRIFT_SAMPLE_ROWS = 20_000
+MIN_ROWS = 100
+BAND_INFLATION = 3.38
 
 
 def say(message: str) -> None:
@@ -290,21 +307,30 @@ def train(
         # threshold by the spec's policy.
         X_val, y_val = modeling.features_and_label(validation_part, CATEGORICAL, NUMERIC, LABEL)
         calibration = calibrate(pipeline, X_val, y_val, validation_part[DATE])
-        pipeline = calibration.model
-        proba_val = pipeline.predict_proba(X_val)[:, 1]
+        proba_val = calibration.model.predict_proba(X_val)[:, 1]
         threshold = choose_threshold(y_val, proba_val, SPEC.operating_point)
+        # What the model asset registers: the calibrated pipeline with its threshold.
+        pipeline = served.ThresholdedModel(
+            calibration.model,
+            threshold,
+            categories={c: train_part[c].dropna().unique().tolist() for c in CATEGORICAL},
+        )
         validation_metrics = evaluation.classification_metrics(y_val, proba_val, threshold)
         mlflow.log_params({"threshold": threshold, "calibration": calibration.method})
         mlflow.log_metrics({f"validation_{k}": float(v) for k, v in validation_metrics.items()})
         X_train, _ = modeling.features_and_label(train_part, CATEGORICAL, NUMERIC, LABEL)
         example = X_train.head(5)
+        example = example.astype({c: "float64" for c in example.select_dtypes("integer")})
         logged = mlflow.sklearn.log_model(
             pipeline,
             name="model",
             registered_model_name=MODEL_NAME,
-            signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
+            signature=infer_signature(example, pipeline.predict(example)),
             input_example=example,
-            skops_trusted_types=modeling.skops_trusted_types(estimator),
+            skops_trusted_types=[
+                *modeling.skops_trusted_types(estimator),
+                *served.TRUSTED_TYPES,
+            ],
             pip_requirements=registry.serving_requirements(),
         )
         version = str(logged.registered_model_version)
@@ -314,33 +340,73 @@ def train(
             client.set_model_version_tag(MODEL_NAME, version, key, value)
         client.set_registered_model_alias(MODEL_NAME, registry.CHALLENGER, version)
 
-        # evaluation
+        # evaluation, as the evaluation asset: test metrics at the version's threshold, the
+        # operating point against hindsight, calibration before/after, the simple baselines
+        # (logistic regression, rate by the most informative category) and the gates.
         X_test, y_test = modeling.features_and_label(test_part, CATEGORICAL, NUMERIC, LABEL)
+        days = test_part[DATE]
         proba = pipeline.predict_proba(X_test)[:, 1]
         metrics = evaluation.classification_metrics(y_test, proba, threshold)
-        # The training prior as a constant score (the baseline of the platform it reproduces).
-        prior = evaluation.classification_metrics(
-            y_test, [train_part[LABEL].mean()] * len(y_test), threshold
+        operating_point = decision.judge_operating_point(
+            y_test, proba, threshold, SPEC.operating_point
         )
+        uncalibrated = pipeline.uncalibrated_proba(X_test)[:, 1] if pipeline.calibrated else None
+        calibration_report = {"after": decision.calibration_summary(y_test, proba)}
+        if uncalibrated is not None:
+            calibration_report["before"] = decision.calibration_summary(y_test, uncalibrated)
+        logistic = modeling.fit_final(
+            train_part, estimator="logistic_regression", params={}, seed=0, **columns
+        )
+        logistic_threshold = choose_threshold(
+            y_val, logistic.predict_proba(X_val)[:, 1], SPEC.operating_point
+        )
+        logistic_proba = logistic.predict_proba(X_test)[:, 1]
+        baseline = evaluation.classification_metrics(y_test, logistic_proba, logistic_threshold)
+        column, _ = decision.most_informative_category(
+            train_part, validation_part, CATEGORICAL, LABEL
+        )
+        rates, prior = decision.category_rates(train_part[column], train_part[LABEL])
+        category_scores = decision.category_rate_scores(rates, prior, test_part[column])
+        gates_spec = SPEC.gates
+        verdicts = [
+            decision.comparison_gate(
+                "check_beats_baseline", y_test, proba,
+                {"logistic_regression": logistic_proba, f"rate_by_{column}": category_scores},
+                days, margin=gates_spec.baseline_margin, gates=gates_spec,
+            ),
+            decision.degenerate_gate(
+                y_test, proba, threshold, days, gates=gates_spec, name="check_not_degenerate"
+            ),
+        ]  # fmt: skip
         champion_proba = champion_metrics = None
         if champion is not None:
             champion_proba = champion["pipeline"].predict_proba(X_test)[:, 1]
             champion_metrics = evaluation.classification_metrics(
                 y_test, champion_proba, champion["threshold"]
             )
+            verdicts.append(
+                decision.comparison_gate(
+                    "check_not_worse_than_champion", y_test, proba, {"champion": champion_proba},
+                    days, margin=gates_spec.champion_margin, gates=gates_spec,
+                )
+            )  # fmt: skip
         directory = reports / "evaluation" / f"{MODEL_NAME}-v{version}"
         evaluation.save_evaluation_plots(
-            y_test, proba, directory, threshold, baseline=champion_proba
+            y_test, proba, directory, threshold, baseline=champion_proba, uncalibrated=uncalibrated
         )
-        summary = {"metrics": metrics, "baseline": prior, "champion": champion_metrics}
+        summary = {
+            "threshold": threshold,
+            "metrics": metrics,
+            "operating_point": operating_point.metadata(),
+            "calibration": calibration_report,
+            "baseline": baseline,
+            "gates": {g.name: {"passed": g.passed, "message": g.message} for g in verdicts},
+            "champion": champion_metrics,
+        }
         (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
         mlflow.log_artifacts(str(directory), artifact_path="evaluation")
-        beats = metrics["roc_auc"] - prior["roc_auc"] >= 0.05
-        not_worse = (
-            champion_metrics is None or metrics["roc_auc"] - champion_metrics["roc_auc"] >= -0.01
-        )
-        gates = "passed" if beats and not_worse else "failed"
+        gates = "passed" if all(g.passed for g in verdicts) else "failed"
         client.set_model_version_tag(MODEL_NAME, version, "evaluation_gates", gates)
 
         # feature_importance
@@ -359,7 +425,7 @@ def train(
         "metrics": metrics,
         "threshold": threshold,
         "gates": gates,
-        "train": train_part,
+        "window": (start, end),
     }
     if champion is None:
         if gates != "passed":
@@ -382,6 +448,91 @@ def train(
 # 3. Monitoring
 
 
+def drift_days(current, champion, feats, *, days, data_dir, reports) -> pd.DataFrame:
+    """drift_report: each day against the champion's training window, thresholds calibrated on
+    that window's own days (column max-statistic and domain classifier), Evidently snapshots."""
+    numeric, categorical = SPEC.drift_features
+    reference = between(feats, *champion["window"])[[DATE, *FEATURES]]
+    null = drift_calibration.null_scores(
+        reference,
+        date_column=DATE,
+        numeric=numeric,
+        categorical=categorical,
+        sample_rows=DRIFT_SAMPLE_ROWS,
+        min_rows=MIN_ROWS,
+        seed=0,
+    )
+    domain_columns = {
+        "numeric": drift_calibration.record_level_columns(
+            reference, date_column=DATE, numeric=numeric
+        ),
+        "categorical": categorical,
+    }
+    domain = drift_calibration.domain_null(
+        reference, date_column=DATE, days=40, min_rows=MIN_ROWS, **domain_columns
+    )
+    calibration = drift_calibration.calibrate(null, 0.99, domain_null=list(domain.values()))
+    sample = reference
+    if len(reference) > DRIFT_SAMPLE_ROWS:
+        sample = reference.sample(DRIFT_SAMPLE_ROWS, random_state=0)
+    evidently_reference = sample.assign(
+        **{PROBABILITY: champion["pipeline"].predict_proba(sample[FEATURES])[:, 1]}
+    )
+    calendar = tuple(f for f in SPEC.features if f not in (*numeric, *categorical))
+    by_day = current.groupby(current[DATE].dt.strftime("%Y-%m-%d"))
+    rows, snapshots = [], []
+    for day in days:
+        if day not in by_day.groups:
+            continue
+        today = by_day.get_group(day)
+        scores = drift_calibration.column_scores(sample, today, numeric, categorical)
+        auc = float("nan")
+        if len(today) >= MIN_ROWS:
+            auc = drift_calibration.domain_auc(reference, today, **domain_columns)
+        decision = drift_calibration.judge(
+            scores, calibration, n_rows=len(today), min_rows=MIN_ROWS, domain=auc
+        )
+        html_path = reports / "drift" / f"{day}.html" if day == days[-1] else None
+        result = drift.compute_drift(
+            evidently_reference, today, numeric=NUMERIC, categorical=CATEGORICAL,
+            prediction=PROBABILITY, settings=drift.DriftSettings(exclude=calendar),
+            html_path=html_path, timestamp=dt.datetime.fromisoformat(day), tags=[day],
+        )  # fmt: skip
+        snapshots.append(result.snapshot)
+        rows.append(
+            {
+                DATE: pd.Timestamp(day),
+                "model_version": champion["version"],
+                "n_rows": len(today),
+                "judged": decision.judged,
+                "alarm": decision.alarm,
+                "drift_share": decision.drift_share if decision.judged else float("nan"),
+                "drifted_columns": ", ".join(decision.drifted),
+                "max_z": decision.max_z,
+                "threshold": decision.threshold,
+                "domain_auc": decision.domain_auc,
+                "domain_threshold": decision.domain_threshold,
+                "prediction_drift_score": float(result.prediction_score or float("nan")),
+                **{f"drift_z__{c}": decision.z.get(c, float("nan")) for c in scores},
+            }
+        )
+    drift.save_snapshots_to_workspace(snapshots, data_dir / "evidently", f"{SPEC.name} drift")
+    return pd.DataFrame(rows)
+
+
+def band(estimate) -> dict[str, float]:
+    nan = float("nan")
+    return {
+        column: (getattr(estimate, part)[name] if estimate else nan)
+        for name in ("roc_auc", "accuracy", "f1")
+        for column, part in (
+            (f"estimated_{name}", "expected"),
+            (f"{name}_low", "low"),
+            (f"{name}_high", "high"),
+        )
+    }
+
+
 def monitor(
     feats: pd.DataFrame,
     start: dt.date,
@@ -392,7 +543,8 @@ def monitor(
     data_dir: Path,
     reports: Path,
 ) -> dict[str, dict]:
-    """predictions, drift_report, performance and monitoring_summary; per-day numbers."""
+    """predictions, drift_report, performance_estimate, performance and monitoring_summary, with
+    the assets' defaults; per-day numbers for the retraining rule."""
     current_features = between(feats, start, end)
     predictions = monitoring.predict_long(
         current_features,
@@ -402,115 +554,77 @@ def monitor(
         model_name=MODEL_NAME,
     )
     wh.write("predictions", predictions)
-
-    # drift_report
-    reference = champion["train"][[DATE, *FEATURES]]
-    exclude = monitoring.constant_within_batches(reference, DATE, FEATURES)
-    if len(reference) > 20_000:
-        reference = reference.sample(20_000, random_state=0)
-    reference = reference.assign(
-        **{PROBABILITY: champion["pipeline"].predict_proba(reference[FEATURES])[:, 1]}
-    )
     current = current_features.merge(predictions[[*IDS, PROBABILITY]], on=IDS, how="inner")
-    settings = drift.DriftSettings(
-        exclude=tuple(exclude),
-        num_threshold=1.0,
-        cat_threshold=0.1,
-        prediction_threshold=1.0,
-        drift_share=0.5,
-    )
-    columns = {"numeric": NUMERIC, "categorical": CATEGORICAL, "prediction": PROBABILITY}
     days = [str(d.date()) for d in pd.date_range(start, end)]
-    by_day = current.groupby(current[DATE].dt.strftime("%Y-%m-%d"))
-    drift_rows, snapshots, per_day = [], [], {}
-    for day in days:
-        if day not in by_day.groups:
-            continue
-        html_path = reports / "drift" / f"{day}.html" if day == days[-1] else None
-        result = drift.compute_drift(
-            reference, by_day.get_group(day), **columns, settings=settings, html_path=html_path,
-            timestamp=dt.datetime.fromisoformat(day), tags=[day],
-        )  # fmt: skip
-        snapshots.append(result.snapshot)
-        drift_rows.append(
-            monitoring.drift_row(
-                result,
-                date_column=DATE,
-                day=day,
-                features=list(SPEC.features),
-                n_reference=len(reference),
-                html=str(html_path or ""),
-            )
-        )
-        per_day[day] = {"drift_share": float(result.drift_share)}
-    drift.save_snapshots_to_workspace(snapshots, data_dir / "evidently", f"{SPEC.name} drift")
-    drift_table = pd.DataFrame(drift_rows)
+    drift_table = drift_days(
+        current, champion, feats, days=days, data_dir=data_dir, reports=reports
+    )
     wh.write("drift_report", drift_table)
 
-    # performance
-    scored = predictions.merge(current_features[[*IDS, LABEL]], on=IDS, how="inner")
-    by_day = scored.groupby(scored[DATE].dt.strftime("%Y-%m-%d"))
-    reference_metrics = champion["metrics"]
-    perf_rows, flagged = [], 0
+    # performance_estimate (CBPE, before labels) and performance (once labels land)
+    threshold, test = champion["threshold"], champion["metrics"]
+    by_day = current.groupby(current[DATE].dt.strftime("%Y-%m-%d"))
+    labelled = current[current[LABEL].notna()]
+    estimate_rows, perf_rows, per_day = [], [], {}
     for day in days:
         if day not in by_day.groups:
             continue
         rows = by_day.get_group(day)
-        metrics = monitoring.daily_performance(rows, label=LABEL, threshold=champion["threshold"])
-        if metrics is None:
-            continue
-        drops = {}
-        if metrics["n"] >= 100:
-            drops = monitoring.relative_drops(
-                metrics, reference_metrics, ["roc_auc", "accuracy", "f1", "brier"], 0.1
+        seed = dt.date.fromisoformat(day).toordinal()
+        estimate = cbpe.estimate(
+            rows[PROBABILITY].to_numpy(), threshold, inflation=BAND_INFLATION, seed=seed
+        )
+        estimate_rows.append({DATE: pd.Timestamp(day), "n": estimate.n, **band(estimate)})
+        window, k, enough = monitoring.trailing_window(
+            labelled, date_column=DATE, day=pd.Timestamp(day), min_records=MIN_ROWS, max_days=7
+        )
+        metrics = monitoring.daily_performance(window, label=LABEL, threshold=threshold)
+        row = {
+            DATE: pd.Timestamp(day),
+            "model_version": champion["version"],
+            "n": len(window),
+            "window_days": k,
+            "judged": enough,
+            **{name: (metrics or {}).get(name, float("nan")) for name in evaluation.METRIC_NAMES},
+            **band(None),
+        }
+        outside, drops = False, {}
+        if enough and metrics is not None:
+            realized = cbpe.estimate(
+                window[PROBABILITY].to_numpy(), threshold, inflation=BAND_INFLATION, seed=seed
             )
-            flagged += bool(drops)
-        perf_rows.append(
-            {
-                DATE: pd.Timestamp(day),
-                "model_name": MODEL_NAME,
-                "model_version": champion["version"],
-                "label_delay_days": 1,
-                "n_scored": metrics["n_scored"],
-                **{name: metrics[name] for name in evaluation.METRIC_NAMES},
-                "below_reference": ", ".join(drops),
-            }
-        )
-        per_day.setdefault(day, {}).update(
-            roc_auc=metrics["roc_auc"], reference_roc_auc=reference_metrics["roc_auc"]
-        )
-    perf_table = pd.DataFrame(perf_rows)
+            row |= band(realized)
+            outside = not realized.inside("roc_auc", metrics["roc_auc"])
+            drops = monitoring.relative_drops(
+                metrics, test, ["roc_auc", "accuracy", "f1", "brier"], 0.1
+            )
+        row |= {"outside_band": outside, "below_reference": ", ".join(drops)}
+        perf_rows.append(row)
+        drifted = drift_table[drift_table[DATE] == pd.Timestamp(day)]
+        per_day[day] = {
+            "alarm": bool(drifted["alarm"].iloc[0]) if len(drifted) else None,
+            "drift_share": float(drifted["drift_share"].iloc[0]) if len(drifted) else None,
+            "roc_auc": row["roc_auc"] if enough else None,
+            "reference_roc_auc": test["roc_auc"],
+            "outside_band": outside,
+        }
+    estimates, perf_table = pd.DataFrame(estimate_rows), pd.DataFrame(perf_rows)
+    wh.write("performance_estimate", estimates)
     wh.write("performance", perf_table)
 
     # monitoring_summary
-    worst = pd.concat(
-        [
-            monitoring.worst_days(drift_table, "drift_share", 5, largest=True),
-            monitoring.worst_days(perf_table, "roc_auc", 5, largest=False),
-        ]
-    )
-    plot_summary(
-        drift_table,
-        perf_table,
-        date_column=DATE,
+    monitoring.plot_summary(
+        drift_table, estimates, perf_table, date_column=DATE,
         path=reports / "monitoring" / "summary.png",
-        flagged=list(worst[DATE]),
-    )
-    monthly = pd.concat(
-        [
-            drift_table.groupby(drift_table[DATE].dt.strftime("%Y-%m"))[
-                ["drift_share", "prediction_drift_score"]
-            ].mean(),
-            perf_table.groupby(perf_table[DATE].dt.strftime("%Y-%m"))[
-                ["roc_auc", "f1", "accuracy", "brier", "positive_rate", "predicted_positive_rate"]
-            ].mean(),
-        ],
-        axis=1,
-    ).round(3)
-    monthly.to_markdown()
+    )  # fmt: skip
+    daily = monitoring.daily_series(drift_table, estimates, perf_table, date_column=DATE)
+    daily.drop(columns=["drifted_columns"]).groupby(daily[DATE].str[:7]).mean(
+        numeric_only=True
+    ).round(3).to_markdown()
     say(
-        f"   {len(drift_table)} days: mean drift share {drift_table['drift_share'].mean():.3f}, "
-        f"mean ROC AUC {perf_table['roc_auc'].mean():.4f}, {flagged} days below the test metrics"
+        f"   {len(drift_table)} days: {int(drift_table['alarm'].sum())} drift alarms, "
+        f"mean ROC AUC {perf_table['roc_auc'].mean():.4f}, "
+        f"{int(perf_table['outside_band'].sum())} days outside the estimate's band"
     )
     return per_day
 
@@ -520,9 +634,11 @@ def replay_retraining(per_day: dict[str, dict], rule: RetrainingRule):
     results = [
         DayResult(
             dt.date.fromisoformat(day),
-            drift_share=per_day[day].get("drift_share"),
-            roc_auc=per_day[day].get("roc_auc"),
-            reference_auc=per_day[day].get("reference_roc_auc"),
+            drift_alarm=per_day[day]["alarm"],
+            drift_share=per_day[day]["drift_share"],
+            roc_auc=per_day[day]["roc_auc"],
+            reference_auc=per_day[day]["reference_roc_auc"],
+            outside_band=per_day[day]["outside_band"] or None,
         )
         for day in kept
     ]
@@ -660,8 +776,8 @@ def main() -> None:
     with Stage("replay", "replay the retraining rule over the monitored days"):
         rule = RetrainingRule()
         decisions = replay_retraining(per_day, rule)
-        for decision in decisions:
-            say(f"   would retrain on {decision.last_day}: {decision.reason}")
+        for request in decisions:
+            say(f"   would retrain on {request.last_day}: {request.reason}")
     if decisions:
         start, end = decisions[0].training_window(rule)
         start = max(start, SPEC.date.start)
@@ -681,91 +797,49 @@ def main() -> None:
             reports=reports,
             champion=champion,
         )
-    with Stage("ab_scoring", f"score champion and challenger, A/B outcomes: {ab_start}.."):
-        outcomes, experiment = ab_test(
-            feats,
-            ab_start,
-            monitor_end,
-            champion,
-            challenger,
-            wh=wh,
-            tracking=tracking,
-            reports=reports,
-        )
-    with Stage("ab_test", "A/B test and promotion decision"):
-        decision, champion_version = ab_decide(
-            outcomes,
-            experiment,
-            champion,
-            challenger,
-            feats,
-            ab_start,
-            wh=wh,
-            tracking=tracking,
-            reports=reports,
-        )
+    # As the lifecycle: the A/B test only for a challenger that passed its gates.
+    experiment, ab_decision, champion_version = "none", "not run: challenger failed", None
+    if challenger["gates"] == "passed":
+        with Stage("ab_scoring", f"score champion and challenger, A/B outcomes: {ab_start}.."):
+            outcomes, experiment = ab_test(
+                feats,
+                ab_start,
+                monitor_end,
+                champion,
+                challenger,
+                wh=wh,
+                tracking=tracking,
+                reports=reports,
+            )
+        with Stage("ab_test", "A/B test and promotion decision"):
+            verdict, champion_version = ab_decide(
+                outcomes,
+                experiment,
+                champion,
+                challenger,
+                feats,
+                ab_start,
+                wh=wh,
+                tracking=tracking,
+                reports=reports,
+            )
+        ab_decision = f"{verdict.decision}: {verdict.status}"
     wh.con.close()
 
     say("\nSummary")
     summary = {
-        "champion version": champion_version,
+        "champion version": champion_version or champion["version"],
         "first model, test ROC AUC": round(champion["metrics"]["roc_auc"], 4),
         "first model, test accuracy": round(champion["metrics"]["accuracy"], 4),
         "retraining rule (replayed)": ", ".join(str(d.last_day) for d in decisions) or "never",
         "A/B experiment": experiment,
-        "A/B decision": f"{decision.decision}: {decision.status}",
+        "A/B decision": ab_decision,
         "elapsed": f"{time.perf_counter() - BEGAN:.0f} s",
     }
     for key, value in summary.items():
         say(f"  {key:30} {value}")
     for key, seconds in STAGES:
         say(f"STAGE {key} {seconds:.2f}")
-
-
-def plot_summary(
-    drift: pd.DataFrame,
-    performance: pd.DataFrame,
-    *,
-    date_column: str,
-    path: str | Path,
-    flagged: list[pd.Timestamp] = (),
-) -> Path:
-    """The platform's summary plot before calibrated drift, kept for this baseline.
-
-    PNG: daily drift share and prediction drift (top), daily ROC AUC and F1 with the actual and
-    predicted positive rates (bottom); `flagged` days marked. Agg canvas, no pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(11, 6.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    top, bottom = figure.subplots(2, 1, sharex=True)
-    if not drift.empty:
-        top.plot(drift[date_column], drift["drift_share"], label="drift share", lw=1.2)
-        top.plot(
-            drift[date_column],
-            drift["prediction_drift_score"],
-            label="prediction drift score",
-            lw=1.0,
-        )
-    top.set_ylabel("drift")
-    top.set_title("Daily drift against the reference")
-    if not performance.empty:
-        for name in ("roc_auc", "f1", "positive_rate", "predicted_positive_rate"):
-            bottom.plot(performance[date_column], performance[name], label=name, lw=1.0)
-    bottom.set_ylabel("metric")
-    bottom.set_title("Daily performance of the champion (labelled records)")
-    for axis in (top, bottom):
-        for day in flagged:
-            axis.axvline(day, color="red", alpha=0.25, lw=2)
-        if axis.lines:
-            axis.legend(loc="upper left", fontsize=8)
-        axis.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    figure.clear()
-    return path
 
 
 if __name__ == "__main__":

@@ -78,10 +78,16 @@ class _DeltaPandasHandler(_ReplacingPandasHandler):
         table = open_table(_uri(table_slice))
         return [] if table is None else list(table.schema().to_arrow().names)
 
-    def replace(self, context, connection, table_slice, frame: str) -> tuple[WriteResult, dict]:
+    def replace(
+        self, context, connection, table_slice, frame: str, chunks=None
+    ) -> tuple[WriteResult, dict]:
         from mlops_assets.lib.delta import replace_slice
+        from mlops_assets.lib.storage import stage_chunks
 
         uri = _uri(table_slice)
+        if chunks is not None:
+            # In this write's own in-memory DuckDB; the commit below is still the one write.
+            stage_chunks(connection, frame, chunks)
         result, version = replace_slice(
             connection, uri, _slice_of(table_slice), frame, run_id=context.run_id
         )
@@ -91,11 +97,32 @@ class _DeltaPandasHandler(_ReplacingPandasHandler):
     def load_input(self, context: dg.InputContext, table_slice, connection):
         import pandas as pd
 
+        from mlops_assets.lib.chunks import DayChunks
         from mlops_assets.lib.delta import read_slice
 
+        if context.dagster_type.typing_type is DayChunks:
+            return super().load_input(context, table_slice, connection)
         if table_slice.partition_dimensions and not context.asset_partition_keys:
             return pd.DataFrame()
         return read_slice(connection, _uri(table_slice), _slice_of(table_slice))
+
+    def daily_counts(self, connection, table_slice, target) -> dict:
+        from mlops_assets.lib.delta import open_table, scan
+        from mlops_assets.lib.storage import daily_counts
+
+        delta = open_table(_uri(table_slice))
+        if delta is None:
+            return {}
+        source = scan(connection, delta)
+        return daily_counts(connection, source, target.column, target.start, target.end)
+
+    def read_window(self, context, table_slice, days):
+        import duckdb
+
+        from mlops_assets.lib.delta import read_slice
+
+        with duckdb.connect() as con:
+            return read_slice(con, _uri(table_slice), days)
 
 
 class DeltaFrameIOManager(dg.ConfigurableIOManagerFactory):
@@ -105,6 +132,11 @@ class DeltaFrameIOManager(dg.ConfigurableIOManagerFactory):
 
     root: str = Field(description="Directory, shared by every worker, holding the tables.")
     schema_: str = Field(alias="schema", description="The schema: a folder under root.")
+    chunk_rows: int | None = Field(
+        default=None,
+        description="Rows per window of an input read as DayChunks "
+        "(default lib.chunks.CHUNK_ROWS).",
+    )
 
     def create_io_manager(self, context) -> DbIOManager:
         import pandas as pd
@@ -113,7 +145,7 @@ class DeltaFrameIOManager(dg.ConfigurableIOManagerFactory):
             db_client=_DeltaClient(),
             database=self.root,
             schema=self.schema_,
-            type_handlers=[_DeltaPandasHandler()],
+            type_handlers=[_DeltaPandasHandler(chunk_rows=self.chunk_rows)],
             default_load_type=pd.DataFrame,
             io_manager_name="DeltaFrameIOManager",
         )

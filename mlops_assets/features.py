@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from mlops_assets.metadata import null_rate_check, table_metadata
+from mlops_assets.lib.chunks import DayChunks
+from mlops_assets.metadata import daily_metadata, describe_once, null_rate_check
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource
 
@@ -25,9 +26,16 @@ FEATURE_NULL_CHECK = "check_feature_null_rates"
         )
     ],
 )
-def features(context: dg.AssetExecutionContext, source: DatasetSource, validated_records):
-    """One row per validated record: date, key, features from the specification, label."""
+def features(
+    context: dg.AssetExecutionContext, source: DatasetSource, validated_records: DayChunks
+):
+    """One row per validated record: date, key, features from the specification, label.
+
+    Built one window of whole days at a time while it is written (one transaction)."""
+    import pandas as pd
+
     from mlops_assets.lib.features import build_features, feature_columns
+    from mlops_assets.lib.quality import daily_null_rates
     from mlops_assets.lib.validation import validate_lookup
 
     spec = dataset_spec
@@ -38,25 +46,33 @@ def features(context: dg.AssetExecutionContext, source: DatasetSource, validated
         )
         if dropped[name]:
             context.log.warning(f"lookup {name}: {dropped[name]} rows failed their checks, dropped")
-    frame = build_features(validated_records, lookups, spec)[feature_columns(spec)]
-    labelled = frame[spec.target.name].notna()
-    yield dg.Output(
-        frame,
-        metadata={
-            **table_metadata(frame),
-            "labelled_records": int(labelled.sum()),
-            # The share of positives; a regression target's mean.
-            ("target_mean" if spec.is_regression else "positive_rate"): float(
-                frame.loc[labelled, spec.target.name].mean()
-            )
-            if labelled.any()
-            else float("nan"),
-            **{f"lookup_rows_dropped/{n}": d for n, d in dropped.items()},
-        },
-    )
-
     limits = {
         name: f.max_null_rate if f.max_null_rate is not None else spec.quality.max_null_rate
         for name, f in spec.features.items()
     }
-    yield null_rate_check(FEATURE_NULL_CHECK, frame, limits, spec.date.column)
+    label, rates = spec.target.name, []
+    # The share of positives; a regression target's mean.
+    target_level = "target_mean" if spec.is_regression else "positive_rate"
+
+    def build(records, first, last):
+        frame = build_features(records, lookups, spec)[feature_columns(spec)]
+        rates.append(daily_null_rates(frame, list(limits), spec.date.column))
+        if first == validated_records.windows[0][0]:
+            describe_once(context, frame)
+        daily_metadata(
+            context,
+            frame,
+            spec.date.column,
+            first,
+            last,
+            labelled_records=lambda day: int(day[label].notna().sum()),
+            **{target_level: lambda day: float(day[label].mean())},  # NaN without labels
+        )
+        return frame
+
+    yield dg.Output(
+        validated_records.map(build),
+        metadata={f"lookup_rows_dropped/{n}": d for n, d in dropped.items()},
+    )
+    daily = pd.concat(rates) if rates else pd.DataFrame(columns=list(limits))
+    yield null_rate_check(FEATURE_NULL_CHECK, daily, limits)

@@ -9,13 +9,14 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.spec import PARTITION_COLUMN
-from mlops_assets.metadata import failed_days_markdown, table_metadata
+from mlops_assets.metadata import daily_metadata, describe_once, failed_days_markdown
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec, partition_window
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource, stored_daily_counts
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlops_assets.lib.chunks import DayChunks
     from mlops_assets.lib.spec import DatasetSpec
 
 ROW_COUNT_CHECK = "check_row_count_against_trailing_days"
@@ -60,16 +61,20 @@ def raw_records(
     """The source rows of each day, every column as text exactly as ingested, plus the date.
 
     The delivery is judged before it replaces anything (see `judge_delivery`); a refused one
-    fails the run with the reasons and leaves every stored table as it was.
+    fails the run with the reasons and leaves every stored table as it was. Both the judging and
+    the write read the range a window of whole days at a time (`DayChunks`).
     """
     spec = dataset_spec
     start, end = partition_window(context)
-    frame = source.records(spec, start, end)
-    context.log.info(f"{len(frame)} {spec.name} records dated {start} .. {end - dt.timedelta(1)}")
+    chunks = source.chunks(spec, start, end)
     extra = source.extra_columns(spec)
     if extra:
         context.log.warning(f"source columns not in the specification, not read: {extra}")
-    verdict = judge_delivery(frame, spec, start, end, source, warehouse)
+    verdict = judge_delivery(chunks, spec, start, end, source, warehouse)
+    context.log.info(
+        f"{verdict.rows} {spec.name} records dated {start} .. {end - dt.timedelta(1)}, "
+        f"{len(chunks.windows)} window(s)"
+    )
     if verdict.problems:
         message = "\n".join(f"- {p}" for p in verdict.problems)
         if not config.accept_refused_delivery:
@@ -79,10 +84,16 @@ def raw_records(
                 metadata={"problems": len(verdict.problems), "source": spec.source.path},
             )
         context.log.warning(f"refused delivery accepted by configuration:\n{message}")
+
+    def stored(frame, first, last):
+        if first == chunks.windows[0][0]:
+            describe_once(context, frame)
+        daily_metadata(context, frame, PARTITION_COLUMN, first, last)
+        return frame
+
     yield dg.Output(
-        frame,
+        chunks.map(stored),
         metadata={
-            **table_metadata(frame),
             "source": spec.source.path,
             "days": (end - start).days,
             "extra_columns": ", ".join(extra) or "none",
@@ -104,13 +115,12 @@ def raw_records(
         },
     )
 
-    duplicated = frame.duplicated([spec.date.column, *spec.key])
     yield dg.AssetCheckResult(
         check_name=DUPLICATE_KEY_CHECK,
-        passed=not duplicated.any(),
+        passed=not verdict.duplicates,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
-            "duplicate_records": int(duplicated.sum()),
+            "duplicate_records": verdict.duplicates,
             "key": ", ".join([spec.date.column, *spec.key]),
         },
     )
@@ -121,10 +131,12 @@ class Verdict:
     problems: list[str]
     row_counts: "pd.DataFrame"
     outside_rows: int
+    rows: int
+    duplicates: int
 
 
 def judge_delivery(
-    frame: "pd.DataFrame",
+    chunks: "DayChunks",
     spec: "DatasetSpec",
     start: dt.date,
     end: dt.date,
@@ -136,8 +148,12 @@ def judge_delivery(
     Refused: an empty day, or one below min_row_ratio x the median of the trailing stored days;
     a column with more nulls on a day than its limit; more than max_quarantine_share of the
     records failing their checks, counting the rows of the source dated outside the declared
-    range (they are quarantined in the nearest day's partition, never dropped).
+    range (they are quarantined in the nearest day's partition, never dropped). Each window of
+    `chunks` is judged on its own (a day and its key never span two windows) and the counts
+    added up.
     """
+    from collections import Counter
+
     import pandas as pd
 
     from mlops_assets.lib.quality import (
@@ -150,7 +166,18 @@ def judge_delivery(
     from mlops_assets.lib.validation import validate_records
 
     date, quality = spec.date.column, spec.quality
-    in_window = frame[frame[date].between(pd.Timestamp(start), pd.Timestamp(end), "left")]
+    limits = null_limits(spec)
+    counts, null_problems, reasons = [], [], Counter()
+    rows = in_range = quarantined = duplicates = 0
+    for (first, last), frame in zip(chunks.windows, chunks, strict=False):
+        in_window = frame[frame[date].between(pd.Timestamp(first), pd.Timestamp(last), "left")]
+        counts.append(daily_row_counts(in_window, date, first, last))
+        null_problems += null_rate_problems(in_window, limits, date)
+        result = validate_records(frame, spec, first, last)
+        quarantined += len(result.quarantined)
+        reasons.update(result.quarantined["failed_check"].tolist())
+        duplicates += int(frame.duplicated([date, *spec.key]).sum())
+        rows, in_range = rows + len(frame), in_range + len(in_window)
     history = stored_daily_counts(
         warehouse,
         f"{spec.name}.raw_records",
@@ -159,23 +186,20 @@ def judge_delivery(
         start,
     )
     table = row_count_anomalies(
-        daily_row_counts(in_window, date, start, end),
+        pd.concat(counts),  # the windows cover [start, end), empty days included
         history,
         trailing_days=quality.trailing_days,
         min_ratio=quality.min_row_ratio,
     )
-    problems = row_count_problems(table)
-    problems += null_rate_problems(in_window, null_limits(spec), date)
+    problems = row_count_problems(table) + null_problems
 
     outside, examples = source.outside_range(spec)
-    result = validate_records(frame, spec, start, end)
     # Out-of-range rows this window holds are among the quarantined; the others count too.
-    elsewhere = outside - (len(frame) - len(in_window))
-    bad, total = len(result.quarantined) + elsewhere, len(frame) + elsewhere
+    elsewhere = outside - (rows - in_range)
+    bad, total = quarantined + elsewhere, rows + elsewhere
     share = bad / total if total else 0.0
     if share > quality.max_quarantine_share:
-        reasons = result.quarantined["failed_check"].value_counts().head(3)
-        listed = [f"{check} ({n})" for check, n in reasons.items()]
+        listed = [f"{check} ({n})" for check, n in reasons.most_common(3)]
         if outside:
             first, last = spec.date.start, spec.date.end
             listed.append(f"dated outside {first}..{last} ({outside}, e.g. {examples})")
@@ -183,4 +207,4 @@ def judge_delivery(
             f"{share:.1%} of the records fail their checks (limit "
             f"{quality.max_quarantine_share:.0%}): {'; '.join(listed)}"
         )
-    return Verdict(problems, table, outside)
+    return Verdict(problems, table, outside, rows, duplicates)

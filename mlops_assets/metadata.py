@@ -21,19 +21,55 @@ def table_metadata(frame: pd.DataFrame, preview_rows: int = 5) -> dict[str, dg.M
     }
 
 
+def describe_once(
+    context: dg.AssetExecutionContext, frame: pd.DataFrame, asset_key: str | None = None
+) -> None:
+    """Schema and preview on the run's last partition only: the same for every day of a range,
+    they were stored once per day (a year-long range run serialized them 365 times per asset)."""
+    key = dg.AssetKey(asset_key) if asset_key else None
+    context.add_asset_metadata(
+        table_metadata(frame), partition_key=context.partition_keys[-1], asset_key=key
+    )
+
+
+def daily_metadata(
+    context: dg.AssetExecutionContext,
+    frame: pd.DataFrame,
+    date_column: str,
+    first,
+    last,
+    asset_key: str | None = None,
+    **per_day,
+) -> None:
+    """Each day of [first, last): its row count (the IO manager's is the whole range's), and
+    `name=function(rows of the day)` for each keyword."""
+    import pandas as pd
+
+    key = dg.AssetKey(asset_key) if asset_key else None
+    days = pd.to_datetime(frame[date_column]).dt.normalize()
+    groups = dict(tuple(frame.groupby(days))) if per_day else {}
+    counts = days.value_counts()
+    for day in pd.date_range(first, last, inclusive="left"):
+        metadata = {"dagster/partition_row_count": int(counts.get(day, 0))}
+        rows = groups.get(day, frame.iloc[:0])
+        metadata |= {name: function(rows) for name, function in per_day.items()}
+        context.add_asset_metadata(metadata, partition_key=f"{day:%Y-%m-%d}", asset_key=key)
+
+
 def failed_days_markdown(table: pd.DataFrame, limit: int = 20) -> dg.MetadataValue:
     return dg.MetadataValue.md(table.head(limit).to_markdown() if len(table) else "none")
 
 
 def null_rate_check(
-    name: str, frame: pd.DataFrame, limits: dict[str, float], date_column: str
+    name: str, daily_rates: pd.DataFrame, limits: dict[str, float]
 ) -> dg.AssetCheckResult:
-    """WARN when a column's share of nulls exceeds its limit on any day of `frame`; the metadata
-    give each column's worst day and name every (column, day) over its limit."""
-    from mlops_assets.lib.quality import null_rate_problems, null_rates
+    """WARN when a column's share of nulls exceeds its limit on any day of `daily_rates` (days x
+    columns, `quality.daily_null_rates` of each chunk); the metadata give each column's worst day
+    and name every (column, day) over its limit."""
+    from mlops_assets.lib.quality import rate_problems, worst_rates
 
-    rates = null_rates(frame, list(limits), date_column)
-    problems = null_rate_problems(frame, limits, date_column)
+    rates = worst_rates(daily_rates, list(limits))
+    problems = rate_problems(daily_rates, limits)
     over = sorted(c for c, rate in rates.items() if rate > limits[c])
     return dg.AssetCheckResult(
         check_name=name,

@@ -42,6 +42,10 @@ class DatasetSource(dg.ConfigurableResource):
         description="Read the records from this file instead of the specification's source path "
         "(e.g. a new extract with the same columns).",
     )
+    chunk_rows: int | None = Field(
+        default=None,
+        description="Rows per window of days read at a time (default lib.chunks.CHUNK_ROWS).",
+    )
 
     def _stage(self, spec: DatasetSpec, source, required: list[str], dated: bool) -> Path:
         from mlops_assets.lib.sources import stage_csv
@@ -60,19 +64,34 @@ class DatasetSource(dg.ConfigurableResource):
         """Source rows of the partitions [start, end): the declared columns as text, the date,
         the derived key columns (typed as their SQL makes them) and `partition_date` (rows dated
         outside the declared range go to its nearest day)."""
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        return self._read(spec, staged, start, end)
+
+    @staticmethod
+    def _read(spec: DatasetSpec, staged: Path, start: dt.date, end: dt.date) -> pd.DataFrame:
         from mlops_assets.lib.sources import read_dates
 
-        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
-        bounds = (spec.date.start, spec.date.end)
         return read_dates(
             staged,
             spec.date.column,
             start,
             end,
             columns=list(spec.columns),
-            bounds=bounds,
+            bounds=(spec.date.start, spec.date.end),
             derived=spec.key_expressions,
         )
+
+    def chunks(self, spec: DatasetSpec, start: dt.date, end: dt.date, max_rows: int | None = None):
+        """`records` of [start, end) as `DayChunks` of whole days, read one window at a time."""
+        from mlops_assets.lib.chunks import CHUNK_ROWS, DayChunks, chunk_windows
+        from mlops_assets.lib.sources import partition_counts
+
+        staged = self._stage(spec, spec.source, list(spec.columns), dated=True)
+        bounds = (spec.date.start, spec.date.end)
+        counts = partition_counts(staged, spec.date.column, start, end, bounds)
+        windows = chunk_windows(counts, start, end, max_rows or self.chunk_rows or CHUNK_ROWS)
+        # Staged once here: staging hashes the source file, which costs per call.
+        return DayChunks(windows, lambda first, last: self._read(spec, staged, first, last))
 
     def extra_columns(self, spec: DatasetSpec) -> list[str]:
         """Columns of the source file that the specification does not declare (not read)."""
@@ -125,6 +144,11 @@ class DuckDBFrameIOManager(DuckDBIOManager):
         ge=0,
         description="Days the replaced content of a partition stays restorable (0: keep none).",
     )
+    chunk_rows: int | None = Field(
+        default=None,
+        description="Rows per window of an input read as DayChunks "
+        "(default lib.chunks.CHUNK_ROWS).",
+    )
 
     @staticmethod
     def type_handlers() -> Sequence[DbTypeHandler]:
@@ -138,7 +162,7 @@ class DuckDBFrameIOManager(DuckDBIOManager):
 
     def create_io_manager(self, context) -> DbIOManager:
         _sleep_while_waiting_for_a_pool()
-        handler = _ReplacingPandasHandler(self.history_retention_days)
+        handler = _ReplacingPandasHandler(self.history_retention_days, self.chunk_rows)
         return DbIOManager(
             db_client=_QuotingDuckDbClient(),
             database=self.database,
@@ -244,10 +268,17 @@ class _ReplacingPandasHandler(DbTypeHandler):
     The library's handler deletes the partition outside any transaction, inserts by position
     (`SELECT *`) and skips the insert for an empty frame: a crash between the two, a column
     order that changed, or an empty delivery lost stored rows.
+
+    Besides DataFrames it writes and reads `DayChunks` (`lib/chunks.py`): an output given as
+    chunks is written window by window inside the one transaction of its slice; an input
+    annotated `DayChunks` is read window by window of at most `chunk_rows` rows, when iterated.
     """
 
-    def __init__(self, retention_days: int = 30):
+    def __init__(self, retention_days: int = 30, chunk_rows: int | None = None):
+        from mlops_assets.lib.chunks import CHUNK_ROWS
+
         self.retention_days = retention_days
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
 
     def stored_columns(self, connection, table_slice) -> list[str]:
         """The columns of the stored table; none if there is no table yet."""
@@ -258,35 +289,51 @@ class _ReplacingPandasHandler(DbTypeHandler):
         ).fetchall()
         return [column for (column,) in rows]
 
-    def replace(self, context, connection, table_slice, frame: str) -> tuple[WriteResult, dict]:
-        """Replace the slice by the registered `frame`: the `WriteResult`, and more metadata."""
+    def replace(
+        self, context, connection, table_slice, frame: str, chunks=None
+    ) -> tuple[WriteResult, dict]:
+        """Replace the slice by the registered `frame` (or by `chunks`, staged as `frame`): the
+        `WriteResult`, and more metadata."""
         from mlops_assets.lib.storage import replace_slice
 
         target = _slice_of(table_slice)
         result = replace_slice(
-            connection, target, frame, run_id=context.run_id, retention_days=self.retention_days
+            connection,
+            target,
+            frame,
+            run_id=context.run_id,
+            retention_days=self.retention_days,
+            chunks=chunks,
         )
         return result, {}
 
     def handle_output(self, context: dg.OutputContext, table_slice, obj, connection):
         from dagster._core.definitions.metadata import TableMetadataSet
 
-        target = _slice_of(table_slice)
-        if len(obj.columns) == 0:
-            # "Nothing for this partition" from an asset that has no columns to give (a skipped
-            # day): the stored slice is emptied (and archived); no table is created for it.
-            import pandas as pd
+        from mlops_assets.lib.chunks import DayChunks
 
-            stored = self.stored_columns(connection, table_slice)
-            if not stored:
-                context.log.warning(f"{target.name}: no columns and no table yet; nothing written")
-                return {}
-            obj = pd.DataFrame({c: pd.Series(dtype=object) for c in stored})
-        connection.register("_new_rows", obj)
-        try:
-            result, extra = self.replace(context, connection, table_slice, "_new_rows")
-        finally:
-            connection.unregister("_new_rows")
+        target = _slice_of(table_slice)
+        if isinstance(obj, DayChunks):
+            staged = f"_staged_{target.schema}_{target.name}"
+            result, extra = self.replace(context, connection, table_slice, staged, chunks=obj)
+            rows = result.inserted
+        else:
+            if len(obj.columns) == 0:
+                # "Nothing for this partition" from an asset that has no columns to give (a
+                # skipped day): the stored slice is emptied (and archived); no table is created.
+                import pandas as pd
+
+                stored = self.stored_columns(connection, table_slice)
+                if not stored:
+                    context.log.warning(f"{target.name}: no columns and no table yet; not written")
+                    return {}
+                obj = pd.DataFrame({c: pd.Series(dtype=object) for c in stored})
+            connection.register("_new_rows", obj)
+            try:
+                result, extra = self.replace(context, connection, table_slice, "_new_rows")
+            finally:
+                connection.unregister("_new_rows")
+            rows = len(obj)
         if result.added_columns:
             context.log.warning(f"{target.name}: new column(s) {result.added_columns} added")
         if result.missing_columns:
@@ -294,12 +341,12 @@ class _ReplacingPandasHandler(DbTypeHandler):
                 f"{target.name}: stored column(s) {result.missing_columns} are not in the new "
                 "rows; they stay, NULL in the new rows"
             )
-        if obj.empty and result.deleted:
+        if not rows and result.deleted:
             context.log.warning(f"{target.name}: {result.deleted} stored rows replaced by none")
         counts = (
-            TableMetadataSet(partition_row_count=len(obj))
+            TableMetadataSet(partition_row_count=rows)
             if context.has_partition_key
-            else TableMetadataSet(row_count=len(obj))
+            else TableMetadataSet(row_count=rows)
         )
         return {
             **counts,
@@ -312,16 +359,63 @@ class _ReplacingPandasHandler(DbTypeHandler):
     def load_input(self, context: dg.InputContext, table_slice, connection):
         import pandas as pd
 
+        from mlops_assets.lib.chunks import DayChunks
+
+        wants_chunks = context.dagster_type.typing_type is DayChunks
         if table_slice.partition_dimensions and not context.asset_partition_keys:
-            return pd.DataFrame()
+            return (
+                DayChunks([], lambda first, last: pd.DataFrame())
+                if wants_chunks
+                else (pd.DataFrame())
+            )
+        if wants_chunks:
+            return self.load_chunks(context, table_slice, connection)
         # The library's handler builds its SELECT with unquoted names; this one quotes them.
         return connection.execute(_QuotingDuckDbClient.get_select_statement(table_slice)).fetchdf()
+
+    def load_chunks(self, context: dg.InputContext, table_slice, connection):
+        """The slice as `DayChunks`: windows from its rows per day, each read on its own
+        connection when iterated (this one is closed once the input is loaded)."""
+        import dataclasses
+        import datetime as dt
+
+        from mlops_assets.lib.chunks import DayChunks, chunk_windows
+
+        target = _slice_of(table_slice)
+        if target.column is None:
+            raise NotImplementedError(f"{target.name}: DayChunks need a daily partitioned table")
+        counts = self.daily_counts(connection, table_slice, target)
+        windows = chunk_windows(counts, target.start.date(), target.end.date(), self.chunk_rows)
+
+        def read(first: dt.date, last: dt.date):
+            days = dataclasses.replace(
+                target,
+                start=dt.datetime.combine(first, dt.time()),
+                end=dt.datetime.combine(last, dt.time()),
+            )
+            return self.read_window(context, table_slice, days)
+
+        return DayChunks(windows, read)
+
+    def daily_counts(self, connection, table_slice, target) -> dict:
+        from mlops_assets.lib.storage import daily_counts
+
+        if not self.stored_columns(connection, table_slice):
+            return {}
+        return daily_counts(connection, target.qualified, target.column, target.start, target.end)
+
+    def read_window(self, context, table_slice, days):
+        where, params = days.where()
+        with _QuotingDuckDbClient.connect(context, table_slice) as con:
+            return con.execute(f"SELECT * FROM {days.qualified} WHERE {where}", params).fetchdf()
 
     @property
     def supported_types(self):
         import pandas as pd
 
-        return [pd.DataFrame]
+        from mlops_assets.lib.chunks import DayChunks
+
+        return [pd.DataFrame, DayChunks]
 
 
 class Warehouse(DuckDBResource):

@@ -6,7 +6,9 @@ pandas there would double the time it takes to load the code location.
 
 import dagster as dg
 
-from mlops_assets.metadata import null_rate_check, table_metadata
+from mlops_assets.lib.chunks import DayChunks
+from mlops_assets.lib.spec import PARTITION_COLUMN
+from mlops_assets.metadata import daily_metadata, describe_once, null_rate_check
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec, partition_window
 from mlops_assets.resources import DUCKDB_POOL
 
@@ -53,39 +55,67 @@ SCHEMA_CHECK = "check_schema_and_dtypes"
         ),
     ],
 )
-def validate_records(context: dg.AssetExecutionContext, raw_records):
-    """Cast, check and deduplicate the raw records; failing rows go to quarantine with reasons."""
+def validate_records(context: dg.AssetExecutionContext, raw_records: DayChunks):
+    """Cast, check and deduplicate the raw records; failing rows go to quarantine with reasons.
+
+    The range is validated one window of whole days at a time while the valid rows are written
+    (one transaction); the quarantined rows (few: a delivery above max_quarantine_share is
+    refused) are kept and written after them.
+    """
+    import pandas as pd
+
     from mlops_assets.lib import quality, validation
 
     spec = dataset_spec
     start, end = partition_window(context)
-    result = validation.validate_records(raw_records, spec, start, end)
-    if len(result.quarantined):
-        context.log.warning(f"{len(result.quarantined)} records quarantined")
-    counts = {
-        "valid_records": len(result.valid),
-        "quarantined_records": len(result.quarantined),
-        "quarantine_share": result.quarantine_share,
-    }
     limit = spec.quality.max_quarantine_share
-    if result.quarantine_share > limit:
-        # Before any write, so validated and features never hold different versions of a day.
-        raise dg.Failure(
-            description=f"{result.quarantine_share:.1%} of the records fail their checks "
-            f"(limit {limit:.0%}); nothing stored was changed",
-            metadata=counts,
-        )
-    yield dg.Output(
-        result.valid,
-        output_name="validated_records",
-        metadata={**table_metadata(result.valid), **counts},
+    limits = quality.null_limits(spec)
+    expected = {name: column.type for name, column in spec.columns.items()}
+    held, rates, problems = [], [], []
+    tally = {"valid_records": 0, "quarantined_records": 0, "duplicate_keys": 0}
+
+    def validate(raw, first, last):
+        result = validation.validate_records(raw, spec, first, last)
+        held.append(result.quarantined)
+        rates.append(quality.daily_null_rates(result.valid, list(limits), spec.date.column))
+        tally["valid_records"] += len(result.valid)
+        tally["quarantined_records"] += len(result.quarantined)
+        tally["duplicate_keys"] += result.duplicate_keys
+        if first == raw_records.windows[0][0]:
+            problems.extend(quality.schema_mismatches(result.valid, expected))
+            describe_once(context, result.valid, "validated_records")
+        daily_metadata(context, result.valid, spec.date.column, first, last, "validated_records")
+        return result.valid
+
+    def share() -> float:
+        total = tally["valid_records"] + tally["quarantined_records"]
+        return tally["quarantined_records"] / total if total else 0.0
+
+    def judge():
+        # Before the commit of the valid rows, so validated and features never hold different
+        # versions of a day: raising here rolls the write back.
+        if share() > limit:
+            raise dg.Failure(
+                description=f"{share():.1%} of the records fail their checks "
+                f"(limit {limit:.0%}); nothing stored was changed",
+                metadata={**tally, "quarantine_share": share()},
+            )
+
+    yield dg.Output(raw_records.map(validate, after=judge), output_name="validated_records")
+    counts = {**tally, "quarantine_share": share()}
+    if tally["quarantined_records"]:
+        context.log.warning(f"{tally['quarantined_records']} records quarantined")
+    quarantined = pd.concat(held, ignore_index=True) if held else pd.DataFrame()
+    reasons = (
+        quarantined["failed_check"].value_counts().head(20) if len(quarantined) else pd.Series()
     )
-    reasons = result.quarantined["failed_check"].value_counts().head(20)
+    if held:
+        describe_once(context, quarantined, "quarantined_records")
+        daily_metadata(context, quarantined, PARTITION_COLUMN, start, end, "quarantined_records")
     yield dg.Output(
-        result.quarantined,
+        quarantined,
         output_name="quarantined_records",
         metadata={
-            **table_metadata(result.quarantined),
             **counts,
             "reasons": dg.MetadataValue.md(reasons.to_markdown() if len(reasons) else "none"),
         },
@@ -93,17 +123,14 @@ def validate_records(context: dg.AssetExecutionContext, raw_records):
 
     yield dg.AssetCheckResult(
         check_name=QUARANTINE_SHARE_CHECK,
-        passed=result.quarantine_share <= limit,
-        metadata={**counts, "threshold": limit, "duplicate_keys": result.duplicate_keys},
+        passed=share() <= limit,
+        metadata={**counts, "threshold": limit},
     )
 
     # The same daily limits the delivery was judged by (it may have been accepted anyway).
-    yield null_rate_check(
-        NULL_RATE_CHECK, result.valid, quality.null_limits(spec), spec.date.column
-    )
+    daily = pd.concat(rates) if rates else pd.DataFrame(columns=list(limits))
+    yield null_rate_check(NULL_RATE_CHECK, daily, limits)
 
-    expected = {name: column.type for name, column in spec.columns.items()}
-    problems = quality.schema_mismatches(result.valid, expected)
     yield dg.AssetCheckResult(
         check_name=SCHEMA_CHECK,
         passed=not problems,

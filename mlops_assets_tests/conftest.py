@@ -61,14 +61,21 @@ def sample_csv(tmp_path: Path, flights_rows) -> Path:
     return write_csv(tmp_path / "flights.csv", flights_rows)
 
 
-def make_resources_at(directory: str | Path, source_file: str | Path) -> dict:
-    """Resources like the real ones, under `directory`, reading records from `source_file`."""
+def make_resources_at(
+    directory: str | Path, source_file: str | Path, chunk_rows: int | None = None
+) -> dict:
+    """Resources like the real ones, under `directory`, reading records from `source_file`
+    (ranges read and written `chunk_rows` rows at a time, whole days)."""
     database = str(Path(directory) / "warehouse.duckdb")
     return {
-        "io_manager": DuckDBFrameIOManager(database=database, schema=dataset_spec.name),
+        "io_manager": DuckDBFrameIOManager(
+            database=database, schema=dataset_spec.name, chunk_rows=chunk_rows
+        ),
         "warehouse": Warehouse(database=database),
         "source": DatasetSource(
-            cache_dir=str(Path(directory) / "sources"), source_file=str(source_file)
+            cache_dir=str(Path(directory) / "sources"),
+            source_file=str(source_file),
+            chunk_rows=chunk_rows,
         ),
     }
 

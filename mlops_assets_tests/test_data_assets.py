@@ -1,5 +1,6 @@
 """raw -> validated -> features through real Dagster runs on a real DuckDB file."""
 
+import csv
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,8 @@ import pytest
 
 from mlops_assets import features, ingestion, validation
 from mlops_assets.definitions import defs
-from mlops_assets_tests.conftest import ROWS_PER_DAY, range_tags, write_csv
+from mlops_assets.partitions import dataset_spec
+from mlops_assets_tests.conftest import ROWS_PER_DAY, make_resources_at, range_tags, write_csv
 
 DATA_ASSETS = [ingestion.raw_records, validation.validate_records, features.features]
 
@@ -66,6 +68,69 @@ def test_a_week_runs_as_one_run_into_duckdb(make_resources, sample_csv, instance
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         types = dict(con.execute("DESCRIBE flights.features").fetchall()[i][:2] for i in range(17))
     assert types["flight_date"].startswith("TIMESTAMP") and types["temp"] == "DOUBLE"
+
+
+def stored_rows(database, table):
+    with duckdb.connect(database, read_only=True) as con:
+        return con.execute(f"SELECT * FROM flights.{table} ORDER BY ALL").fetchall()
+
+
+def test_a_range_in_windows_of_days_stores_exactly_the_rows_of_one_window(
+    sample_csv, tmp_path, instance
+):
+    """Windows of one day (chunk_rows under two days' rows) against one window for the range:
+    the same rows in every table, one materialization per day with that day's row count, and a
+    re-run that replaces every day by identical rows (nothing archived)."""
+    whole = make_resources_at(tmp_path / "whole", sample_csv, chunk_rows=10_000)
+    daily = make_resources_at(tmp_path / "daily", sample_csv, chunk_rows=ROWS_PER_DAY + 5)
+    assert materialize(whole, instance, "2013-01-01", "2013-01-06").success
+    result = materialize(daily, instance, "2013-01-01", "2013-01-06")
+    assert result.success
+    assert "6 window(s)" in "".join(
+        e.message for e in instance.all_logs(result.run_id) if e.user_message
+    )
+    tables = ("raw_records", "validated_records", "quarantined_records", "features")
+    for table in tables:
+        expected = stored_rows(whole["warehouse"].database, table)
+        assert stored_rows(daily["warehouse"].database, table) == expected, table
+    assert len(stored_rows(daily["warehouse"].database, "features")) == 6 * ROWS_PER_DAY
+    # Against the source itself: every declared column of the first six days, as text.
+    columns = list(dataset_spec.columns)
+    with duckdb.connect(daily["warehouse"].database, read_only=True) as con:
+        raw = con.execute(f"SELECT {', '.join(columns)} FROM flights.raw_records").fetchall()
+    with open(sample_csv) as handle:
+        source = [
+            tuple(None if r[c] in ("NA", "") else r[c] for c in columns)
+            for r in csv.DictReader(handle)
+            if int(r["day"]) <= 6
+        ]
+    nulls_last = lambda row: tuple((v is None, v or "") for v in row)  # noqa: E731
+    assert sorted(raw, key=nulls_last) == sorted(source, key=nulls_last)
+    assert len(raw) == 6 * ROWS_PER_DAY
+    for asset in ("raw_records", "validated_records", "features"):
+        events = result.asset_materializations_for_node(
+            "validate_records" if asset == "validated_records" else asset
+        )
+        counts = {
+            e.partition: e.metadata["dagster/partition_row_count"].value
+            for e in events
+            if e.asset_key == dg.AssetKey(asset)
+        }
+        assert counts == {f"2013-01-0{d}": ROWS_PER_DAY for d in range(1, 7)}, asset
+    again = materialize(daily, instance, "2013-01-01", "2013-01-06")
+    assert again.success
+    for table in tables:
+        assert stored_rows(daily["warehouse"].database, table) == stored_rows(
+            whole["warehouse"].database, table
+        )
+    with duckdb.connect(daily["warehouse"].database, read_only=True) as con:
+        history = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '%_history'"
+        ).fetchall()
+        staged = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '_staged%'"
+        ).fetchall()
+    assert history == [(0,)] and staged == [(0,)]
 
 
 def test_rematerializing_a_day_replaces_exactly_its_rows(

@@ -61,8 +61,15 @@ def test_the_data_assets_store_the_same_rows_in_delta_as_in_duckdb(
     chosen = warehouse_resources()
     assert isinstance(chosen["io_manager"], DeltaFrameIOManager)
     assert isinstance(chosen["warehouse"], DeltaWarehouse)
-    source = DatasetSource(cache_dir=str(tmp_path / "sources"), source_file=str(sample_csv))
-    on_delta = {**chosen, "source": source}
+    # Delta in windows of one day (DayChunks), DuckDB in one window: the same rows.
+    one_day = ROWS_PER_DAY + 5
+    source = DatasetSource(
+        cache_dir=str(tmp_path / "sources"), source_file=str(sample_csv), chunk_rows=one_day
+    )
+    io_manager = DeltaFrameIOManager(
+        root=str(tmp_path / "delta"), schema=dataset_spec.name, chunk_rows=one_day
+    )
+    on_delta = {**chosen, "io_manager": io_manager, "source": source}
     on_duckdb = make_resources_at(tmp_path / "duckdb", sample_csv)
     for resources in (on_duckdb, on_delta):
         result = dg.materialize(

@@ -56,14 +56,23 @@ def null_limits(spec: DatasetSpec) -> dict[str, float]:
     }
 
 
+def daily_null_rates(frame: pd.DataFrame, columns: list[str], date_column: str) -> pd.DataFrame:
+    """Each day's share of nulls per column (days x columns); chunks of whole days concatenate."""
+    days = pd.to_datetime(frame[date_column]).dt.normalize()
+    return frame[list(columns)].isna().groupby(days).mean()
+
+
 def null_rate_problems(
     frame: pd.DataFrame, limits: dict[str, float], date_column: str
 ) -> list[str]:
     """Each (column, day) whose share of nulls exceeds the column's limit, as a sentence."""
     if frame.empty:
         return []
-    days = pd.to_datetime(frame[date_column]).dt.normalize()
-    rates = frame[list(limits)].isna().groupby(days).mean()
+    return rate_problems(daily_null_rates(frame, list(limits), date_column), limits)
+
+
+def rate_problems(rates: pd.DataFrame, limits: dict[str, float]) -> list[str]:
+    """The (column, day) cells of a `daily_null_rates` table over the column's limit."""
     return [
         f"{column}: {rate:.0%} null on {day:%Y-%m-%d} (limit {limit:.0%})"
         for column, limit in limits.items()
@@ -77,8 +86,14 @@ def null_rates(frame: pd.DataFrame, columns: list[str], date_column: str) -> dic
     hide among the good ones of a backfilled range."""
     if frame.empty:
         return dict.fromkeys(columns, 0.0)
-    days = pd.to_datetime(frame[date_column]).dt.normalize()
-    worst = frame[list(columns)].isna().groupby(days).mean().max()
+    return worst_rates(daily_null_rates(frame, columns, date_column), columns)
+
+
+def worst_rates(rates: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+    """Each column's worst day in a `daily_null_rates` table (0 without days)."""
+    if rates.empty:
+        return dict.fromkeys(columns, 0.0)
+    worst = rates.max()
     return {c: float(worst[c]) for c in columns}
 
 

@@ -179,6 +179,20 @@ def read_dates(
             raise SourceError(f"{staged}: cannot compute {derived}: {error}") from None
 
 
+def partition_counts(
+    staged: Path, date_column: str, start: dt.date, end: dt.date, bounds: tuple[dt.date, dt.date]
+) -> dict[dt.date, int]:
+    """Rows per partition in [start, end) as `read_dates` with `bounds` assigns them."""
+    date = ident(date_column)
+    query = (
+        f"SELECT p, count(*) FROM (SELECT least(greatest({date}, ?::DATE), ?::DATE) AS p "
+        "FROM read_parquet(?)) WHERE p >= ? AND p < ? GROUP BY 1"
+    )
+    with duckdb.connect() as con:
+        rows = con.execute(query, [*bounds, str(staged), start, end]).fetchall()
+    return {day: n for day, n in rows}
+
+
 def staged_columns(staged: Path) -> list[str]:
     with duckdb.connect() as con:
         return list(con.sql("SELECT * FROM read_parquet(?) LIMIT 0", params=[str(staged)]).columns)

@@ -14,9 +14,14 @@ fresh. History older than the retention is deleted in the same transaction.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mlops_assets.lib.sql import ident, table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HISTORY_SUFFIX = "_history"
 # Columns a history row carries beside the replaced row: when, by which run, and which slice.
@@ -73,15 +78,28 @@ class WriteResult:
 
 
 def replace_slice(
-    con, target: Slice, frame: str, *, run_id: str, retention_days: int
+    con,
+    target: Slice,
+    frame: str,
+    *,
+    run_id: str,
+    retention_days: int,
+    chunks: Iterable[pd.DataFrame] | None = None,
 ) -> WriteResult:
     """Replace `target` by the rows of the registered frame/view `frame`, atomically.
 
+    With `chunks`, `frame` is instead a table this creates from them inside the same transaction
+    (in the database file, so DuckDB writes it out rather than holding it in memory) and drops
+    before the commit: a failure while computing any chunk leaves the table as it was.
     `retention_days` = 0 keeps no history.
     """
     con.execute("BEGIN TRANSACTION")
     try:
+        if chunks is not None:
+            stage_chunks(con, frame, chunks)
         result = _replace(con, target, frame, run_id, retention_days)
+        if chunks is not None:
+            con.execute(f"DROP TABLE {ident(frame)}")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -119,6 +137,37 @@ def _replace(con, target: Slice, frame: str, run_id: str, retention_days: int) -
         )
     inserted = _count(con, f"SELECT count(*) FROM {ident(frame)}")
     return WriteResult(inserted, deleted, archived, added, missing)
+
+
+def stage_chunks(con, name: str, chunks: Iterable[pd.DataFrame]) -> int:
+    """Create table `name` holding the rows of every frame of `chunks`, inserted by column name;
+    its types are those of the first frame with rows (or the first frame). Returns the rows."""
+    created, typed, rows = False, False, 0
+    for frame in chunks:
+        con.register("_chunk", frame)
+        try:
+            if not created or (not typed and len(frame)):
+                # Types from a frame with rows: an empty one may type a column as NULL.
+                con.execute(f"CREATE OR REPLACE TABLE {ident(name)} AS SELECT * FROM _chunk")
+                created, typed = True, bool(len(frame))
+            else:
+                con.execute(f"INSERT INTO {ident(name)} BY NAME SELECT * FROM _chunk")
+        finally:
+            con.unregister("_chunk")
+        rows += len(frame)
+    if not created:
+        raise ValueError(f"{name}: no chunk to write (an empty range)")
+    return rows
+
+
+def daily_counts(con, source: str, column: str, start, end) -> dict[dt.date, int]:
+    """Rows per day of the table expression `source` with `column` in [start, end)."""
+    rows = con.execute(
+        f"SELECT CAST({ident(column)} AS DATE), count(*) FROM {source} "
+        f"WHERE {ident(column)} >= ? AND {ident(column)} < ? GROUP BY 1",
+        [start, end],
+    ).fetchall()
+    return {day: n for day, n in rows}
 
 
 def check_rows(

@@ -83,6 +83,11 @@ def days(context: dg.AssetExecutionContext) -> list[str]:
     return list(context.partition_keys)
 
 
+def days_in(run_days: list[str], first, last) -> list[str]:
+    """The run's days inside the window [first, last) of a `DayChunks`."""
+    return [d for d in run_days if first.isoformat() <= d < last.isoformat()]
+
+
 def day_of(frame):
     return frame[DATE].dt.strftime("%Y-%m-%d")
 

@@ -13,6 +13,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.sql import ident
 from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
@@ -25,6 +26,7 @@ from mlops_assets.monitoring.common import (
     day_checks,
     day_of,
     days,
+    days_in,
     pipeline,
     skip_day,
 )
@@ -208,8 +210,8 @@ def drift_report(
     mlflow: MlflowTracking,
     reports: ReportStore,
     evidently: EvidentlyWorkspace,
-    features,
-    predictions,
+    features: DayChunks,
+    predictions: DayChunks,
 ):
     """Each day against the champion's training data: per column a standardised score
     (`drift_z__<column>`) and whether it drifted, the domain classifier's AUC, and the day's
@@ -221,8 +223,10 @@ def drift_report(
 
     spec = dataset_spec
     numeric, categorical = spec.drift_features
-    champion = champion_rows(predictions)
-    versions = sorted(champion["model_version"].unique())
+    # One pass for the champion versions (the range is then judged against the latest).
+    versions = sorted(
+        {v for chunk in predictions for v in champion_rows(chunk)["model_version"].unique()}
+    )
     if not versions:
         for day in days(context):
             skip_day(context, day, "no scored records on this day: nothing to compare")
@@ -245,18 +249,15 @@ def drift_report(
             else model.predict_proba(inputs)[:, 1]
         }
     )
-    current = features.merge(champion[[DATE, *spec.key, SCORE]], on=[DATE, *spec.key], how="inner")
     calendar = [f for f in spec.features if f not in (*numeric, *categorical)]
     domain_kwargs = domain_columns(reference)
     settings = DriftSettings(exclude=tuple(calendar))
     run_days = days(context)
-    by_day = current.groupby(day_of(current))
     rows, snapshots = [], []
-    for day in run_days:
-        if day not in by_day.groups:
+    for day, today in _days_scored(features, predictions, run_days):
+        if today is None:
             skip_day(context, day, "no records on this day: nothing to compare")
             continue
-        today = by_day.get_group(day)
         scores = dc.column_scores(sample, today, numeric, categorical)
         domain = float("nan")
         judgeable = calibration is not None and len(today) >= config.min_rows
@@ -342,6 +343,18 @@ def drift_report(
         },
     )
     yield from drift_checks(context, warehouse, table, config)
+
+
+def _days_scored(features: DayChunks, predictions: DayChunks, run_days: list[str]):
+    """(day, its features with the champion's score, or None) for each day of the run,
+    reading one window of days at a time."""
+    key = [DATE, *dataset_spec.key]
+    for first, last in features.windows:
+        champion = champion_rows(predictions.read(first, last))
+        current = features.read(first, last).merge(champion[[*key, SCORE]], on=key, how="inner")
+        by_day = current.groupby(day_of(current))
+        for day in days_in(run_days, first, last):
+            yield day, by_day.get_group(day) if day in by_day.groups else None
 
 
 def drift_checks(context, warehouse: DuckDBResource, table, config: DriftConfig) -> list:

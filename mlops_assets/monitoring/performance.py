@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.lib.sql import ident
 from mlops_assets.monitoring.common import (
@@ -28,6 +29,7 @@ from mlops_assets.monitoring.common import (
     day_checks,
     day_of,
     days,
+    days_in,
     decision_threshold,
     skip_day,
 )
@@ -104,7 +106,7 @@ def performance_estimate(
     config: EstimateConfig,
     mlflow: MlflowTracking,
     warehouse: DuckDBResource,
-    predictions,
+    predictions: DayChunks,
 ):
     """The champion's expected ROC AUC, accuracy and F1 for each scored day, before any label,
     with a band (CBPE: labels simulated from the model's probabilities)."""
@@ -124,17 +126,14 @@ def performance_estimate(
         ]
         yield from day_checks(context, warehouse, ESTIMATE_CHECK, gates, run_days=days(context))
         return
-    champion = champion_rows(predictions)
-    by_day = champion.groupby(day_of(champion))
     rows, flagged, unjudged, tests, gates = [], [], [], {}, []
-    for day in days(context):
-        if day not in by_day.groups:
+    for day, scored in _champion_days(predictions, days(context)):
+        if scored is None:
             skip_day(context, day, "no scored records on this day")
             gates.append(
                 _gate(day, ESTIMATE_CHECK, False, False, config.blocking, "not judged: no records")
             )
             continue
-        scored = by_day.get_group(day)
         version = str(scored["model_version"].iloc[0])
         if version not in tests:
             threshold = decision_threshold(mlflow, version)
@@ -202,6 +201,15 @@ def performance_estimate(
         },
     )
     yield from day_checks(context, warehouse, ESTIMATE_CHECK, gates, run_days=days(context))
+
+
+def _champion_days(predictions: DayChunks, run_days: list[str]):
+    """(day, the champion's scored records of the day, or None), one window at a time."""
+    for first, last in predictions.windows:
+        champion = champion_rows(predictions.read(first, last))
+        by_day = champion.groupby(day_of(champion))
+        for day in days_in(run_days, first, last):
+            yield day, by_day.get_group(day) if day in by_day.groups else None
 
 
 class PerformanceConfig(dg.Config):
