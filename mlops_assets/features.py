@@ -54,6 +54,9 @@ def features(
     # The share of positives; a regression target's mean.
     target_level = "target_mean" if spec.is_regression else "positive_rate"
 
+    def target_mean(day) -> float:
+        return float(day[label].mean()) if day[label].notna().any() else float("nan")
+
     def build(records, first, last):
         frame = build_features(records, lookups, spec)[feature_columns(spec)]
         rates.append(daily_null_rates(frame, list(limits), spec.date.column))
@@ -66,7 +69,7 @@ def features(
             first,
             last,
             labelled_records=lambda day: int(day[label].notna().sum()),
-            **{target_level: lambda day: float(day[label].mean())},  # NaN without labels
+            **{target_level: target_mean},
         )
         return frame
 
