@@ -337,7 +337,7 @@ def day_bootstrap(
     return full, draws
 
 
-def _interval(estimate: float, draws: np.ndarray, confidence: float, days: int) -> Interval:
+def day_interval(estimate: float, draws: np.ndarray, confidence: float, days: int) -> Interval:
     finite = draws[np.isfinite(draws)]
     tail = (1 - confidence) / 2
     if finite.size == 0:
@@ -361,7 +361,7 @@ class GateResult:
     figures: dict[str, float | str] = field(default_factory=dict)
 
 
-def _too_few_days(name: str, n_days: int, gates: GateSpec) -> GateResult | None:
+def too_few_days(name: str, n_days: int, gates: GateSpec) -> GateResult | None:
     if n_days >= gates.min_test_days:
         return None
     return GateResult(
@@ -388,7 +388,7 @@ def comparison_gate(
     """Passes when, for every reference, the lower bound of the day-clustered interval of
     ROC AUC(model) - ROC AUC(reference) is above `margin`."""
     n_days = len(np.unique(pd.to_datetime(pd.Series(np.asarray(days))).dt.floor("D")))
-    if (skipped := _too_few_days(name, n_days, gates)) is not None:
+    if (skipped := too_few_days(name, n_days, gates)) is not None:
         return skipped
     full, draws = day_bootstrap(
         y_true, {"model": model, **references}, days, n_resamples=gates.n_resamples, seed=seed
@@ -401,7 +401,7 @@ def comparison_gate(
     }
     verdicts = []
     for reference in references:
-        difference = _interval(
+        difference = day_interval(
             full["model"] - full[reference],
             draws["model"] - draws[reference],
             gates.confidence,
@@ -445,10 +445,10 @@ def degenerate_gate(
     chance."""
     y, p = _scores(y_true, proba)
     n_days = len(np.unique(pd.to_datetime(pd.Series(np.asarray(days))).dt.floor("D")))
-    if (skipped := _too_few_days(name, n_days, gates)) is not None:
+    if (skipped := too_few_days(name, n_days, gates)) is not None:
         return skipped
     full, draws = day_bootstrap(y, {"model": p}, days, n_resamples=gates.n_resamples, seed=seed)
-    auc = _interval(full["model"], draws["model"], gates.confidence, n_days)
+    auc = day_interval(full["model"], draws["model"], gates.confidence, n_days)
     actual, predicted = float(y.mean()), float(np.mean(p >= threshold))
     ratio = predicted / actual if actual else math.inf
     rate_ok = 1 / gates.rate_factor <= ratio <= gates.rate_factor

@@ -30,11 +30,11 @@ import pandas as pd
 from mlops_assets.lib.decision import (
     CATEGORY_PSEUDO_COUNT,
     GateResult,
-    _interval,
-    _too_few_days,
     category_rate_scores,
     category_rates,
+    day_interval,
     day_resamples,
+    too_few_days,
 )
 from mlops_assets.lib.spec import GateSpec
 
@@ -150,7 +150,7 @@ def metric_intervals(
         y_true, prediction, days, n_resamples=gates.n_resamples, seed=seed
     )
     for metric, (estimate, draws) in estimates.items():
-        interval = _interval(estimate, draws, gates.confidence, n_days)
+        interval = day_interval(estimate, draws, gates.confidence, n_days)
         figures |= {f"{metric}_low": interval.low, f"{metric}_high": interval.high}
     return figures
 
@@ -226,7 +226,7 @@ def skill_gate(
     """Passes when, for every reference predictor, the lower bound of the day-clustered interval
     of the skill 1 - error(model) / error(reference) is above `margin`."""
     n_days = _n_days(days)
-    if (skipped := _too_few_days(name, n_days, gates)) is not None:
+    if (skipped := too_few_days(name, n_days, gates)) is not None:
         return skipped
     metric = ERROR_METRIC[error]
     full, draws = day_bootstrap_errors(
@@ -246,7 +246,7 @@ def skill_gate(
     verdicts, lines = [], []
     for reference in references:
         with np.errstate(invalid="ignore", divide="ignore"):
-            skill = _interval(
+            skill = day_interval(
                 1 - full["model"] / full[reference],
                 1 - draws["model"] / draws[reference],
                 gates.confidence,
