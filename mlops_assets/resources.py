@@ -270,7 +270,7 @@ class _ReplacingPandasHandler(DbTypeHandler):
     order that changed, or an empty delivery lost stored rows.
 
     Besides DataFrames it writes and reads `DayChunks` (`lib/chunks.py`): an output given as
-    chunks is written window by window inside the one transaction of its slice; an input
+    chunks is staged window by window, then replaces its slice in one transaction; an input
     annotated `DayChunks` is read window by window of at most `chunk_rows` rows, when iterated.
     """
 

@@ -5,7 +5,8 @@ A backfill of a year runs as one run (fewest imports and events), but a year at 
 `DayChunks` is the range cut into windows of whole days holding at most `CHUNK_ROWS` rows (a day
 with more is a window by itself), read or computed one window at a time: the IO manager reads an
 input that asks for it (an asset input annotated `DayChunks`) window by window, and writes an
-output given as one window by window, all windows in one transaction.
+output given as one window by window into a staging table, which then replaces the slice in one
+transaction.
 
 No pandas and no Dagster here: assets annotate inputs with this class when the code location
 loads.

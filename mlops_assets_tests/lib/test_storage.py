@@ -75,6 +75,28 @@ def test_a_failure_after_the_delete_rolls_the_whole_write_back(con):
     assert rows(con) == before
 
 
+def test_windows_are_written_as_one_replacement_and_a_failing_window_changes_nothing(con):
+    two_days = Slice("s", "t", "day", DAY_1, DAY_3)
+
+    def windows(fail: bool):
+        yield frame(DAY_1, [10], b=["p"])
+        if fail:
+            raise RuntimeError("window 2 failed")
+        yield frame(DAY_2, [20, 21], b=["q", "r"])
+
+    before = rows(con)
+    with pytest.raises(RuntimeError, match="window 2"):
+        replace_slice(con, two_days, "staged", run_id="r", retention_days=30, chunks=windows(True))
+    assert rows(con) == before
+    result = replace_slice(
+        con, two_days, "staged", run_id="r", retention_days=30, chunks=windows(False)
+    )
+    assert (result.inserted, result.deleted) == (3, 3)
+    assert rows(con) == [(DAY_1, 10, "p"), (DAY_2, 20, "q"), (DAY_2, 21, "r")]
+    tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall()
+    assert sorted(tables) == [("s", "t"), ("s", "t_history")]  # the staging table is gone
+
+
 def test_rows_outside_the_slice_are_refused(con):
     with pytest.raises(ValueError, match="1 new row"):
         write(con, DAY_2, frame(DAY_3, [9], b=["q"]))
