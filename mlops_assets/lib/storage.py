@@ -261,16 +261,24 @@ def _refuse_incompatible(con, target, frame, stored, new, added) -> None:
 
 
 def _differs(con, target: Slice, frame: str, new: dict[str, str]) -> bool:
-    """Whether the stored slice differs from the new rows (an identical rerun archives nothing)."""
+    """Whether the stored slice differs from the new rows (an identical rerun archives nothing).
+
+    The two are compared as multisets of rows by their count and the sum of their rows' 64-bit
+    hashes, the new values cast to the stored types as the insert casts them: `EXCEPT ALL` both
+    ways took 4.6 s of a year's re-run, this a fraction of a second; a change it would miss needs
+    a hash collision.
+    """
     stored = _existing_types(con, target) or {}
     columns = ", ".join(ident(c) for c in stored)
-    new_columns = ", ".join(ident(c) if c in new else f"NULL AS {ident(c)}" for c in stored)
+    new_columns = ", ".join(
+        f"CAST({ident(c) if c in new else 'NULL'} AS {t})" for c, t in stored.items()
+    )
     where, params = target.where()
-    old_rows = f"SELECT {columns} FROM {target.qualified} WHERE {where}"
-    new_rows = f"SELECT {new_columns} FROM {ident(frame)}"
-    one_way = _count(con, f"SELECT count(*) FROM ({old_rows} EXCEPT ALL {new_rows})", params)
-    other_way = _count(con, f"SELECT count(*) FROM ({new_rows} EXCEPT ALL {old_rows})", params)
-    return bool(one_way or other_way)
+    old_digest = con.execute(
+        f"SELECT count(*), sum(hash({columns})) FROM {target.qualified} WHERE {where}", params
+    ).fetchall()
+    new_digest = con.execute(f"SELECT count(*), sum(hash({new_columns})) FROM {ident(frame)}")
+    return old_digest != new_digest.fetchall()
 
 
 def _archive(con, target: Slice, run_id: str, rows: int) -> int:
