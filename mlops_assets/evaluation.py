@@ -147,8 +147,8 @@ def evaluation(
     logistic_proba = logistic.predict_proba(X)[:, 1]
     baseline = lib.classification_metrics(y, logistic_proba, logistic_threshold)
     column, _ = decision.most_informative_category(train, validation, categorical, label)
-    rates, prior = decision.category_rates(train[column], train[label])
-    category_scores = decision.category_rate_scores(rates, prior, test[column])
+    rates, prior = decision.category_means(train[column], train[label])
+    category_scores = decision.category_mean_predictions(rates, prior, test[column])
 
     baseline_gate = decision.comparison_gate(
         BEATS_BASELINE,
@@ -265,7 +265,7 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
 
     import numpy as np
 
-    from mlops_assets.lib import registry
+    from mlops_assets.lib import decision, registry
     from mlops_assets.lib import regression as lib
     from mlops_assets.lib.decision import GateResult
     from mlops_assets.lib.evaluation import EvaluationResult, markdown_table
@@ -283,10 +283,10 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
     intervals = lib.metric_intervals(y, predicted, days, gates=gates)
 
     column, _ = lib.most_informative_category(train, validation, categorical, label, error)
-    means, overall = lib.category_means(train[column], train[label])
+    means, overall = decision.category_means(train[column], train[label])
     history = validation if len(validation) else train
     references = {
-        f"mean_by_{column}": lib.category_mean_predictions(means, overall, test[column]),
+        f"mean_by_{column}": decision.category_mean_predictions(means, overall, test[column]),
         "last_period_mean": np.full(
             len(y), lib.last_period_mean(history, date_column=spec.date.column, label=label)
         ),
