@@ -105,10 +105,10 @@ def main() -> None:
     days = test["flight_date"]
     logistic = modeling.fit_final(train, estimator="logistic_regression", params={}, **fit)
     column, val_auc = decision.most_informative_category(train, validation, cat, label)
-    rates, prior = decision.category_rates(train[column], train[label])
+    rates, prior = decision.category_means(train[column], train[label])
     references = {
         "logistic_regression": logistic.predict_proba(X)[:, 1],
-        f"rate_by_{column}": decision.category_rate_scores(rates, prior, test[column]),
+        f"rate_by_{column}": decision.category_mean_predictions(rates, prior, test[column]),
     }
     print(
         f"\ngates (spec defaults; most informative column {column}, validation AUC {val_auc:.4f}):"

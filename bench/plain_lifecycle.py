@@ -365,8 +365,8 @@ def train(
         column, _ = decision.most_informative_category(
             train_part, validation_part, CATEGORICAL, LABEL
         )
-        rates, prior = decision.category_rates(train_part[column], train_part[LABEL])
-        category_scores = decision.category_rate_scores(rates, prior, test_part[column])
+        rates, prior = decision.category_means(train_part[column], train_part[LABEL])
+        category_scores = decision.category_mean_predictions(rates, prior, test_part[column])
         gates_spec = SPEC.gates
         verdicts = [
             decision.comparison_gate(

@@ -29,7 +29,7 @@ import pandas as pd
 from ab_validity import BEGAN, CATEGORICAL, DATE, IDS, NUMERIC, SPEC, wilson
 from flights_data import staged_source, validated_lookups
 
-from mlops_assets.lib import features, modeling, sources, validation
+from mlops_assets.lib import decision, features, modeling, sources, validation
 from mlops_assets.lib import regression as lib
 from mlops_assets.lib.ab_testing.assignment import arms_of_encoded, encode_keys
 from mlops_assets.lib.ab_testing.decision import decide
@@ -78,10 +78,10 @@ def gates(frame: pd.DataFrame) -> None:
     days, settings = test[DATE], GateSpec()
     error = REGRESSION.regression.gate_error
     column, _ = lib.most_informative_category(train, validation_, CATEGORICAL, LABEL, error)
-    means, overall = lib.category_means(train[column], train[LABEL])
+    means, overall = decision.category_means(train[column], train[LABEL])
     last = lib.last_period_mean(validation_, date_column=DATE, label=LABEL)
     references = {
-        f"mean_by_{column}": lib.category_mean_predictions(means, overall, test[column]),
+        f"mean_by_{column}": decision.category_mean_predictions(means, overall, test[column]),
         "last_period_mean": np.full(len(y), last),
     }
     shuffled = train.assign(**{LABEL: np.random.default_rng(0).permutation(train[LABEL])})

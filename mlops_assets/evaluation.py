@@ -147,8 +147,8 @@ def evaluation(
     logistic_proba = logistic.predict_proba(X)[:, 1]
     baseline = lib.classification_metrics(y, logistic_proba, logistic_threshold)
     column, _ = decision.most_informative_category(train, validation, categorical, label)
-    rates, prior = decision.category_rates(train[column], train[label])
-    category_scores = decision.category_rate_scores(rates, prior, test[column])
+    rates, prior = decision.category_means(train[column], train[label])
+    category_scores = decision.category_mean_predictions(rates, prior, test[column])
 
     baseline_gate = decision.comparison_gate(
         BEATS_BASELINE,
@@ -176,72 +176,45 @@ def evaluation(
             gates=gates,
         )
     else:
-        champion_gate = decision.GateResult(
-            NOT_WORSE_THAN_CHAMPION,
-            passed=True,
-            judged=True,
-            message=f"{NOT_WORSE_THAN_CHAMPION}: passed: no other version is champion yet, "
-            "nothing to compare",
-        )
+        champion_gate = _no_champion_gate()
     degenerate = decision.degenerate_gate(
         y, proba, threshold, days, gates=gates, name=NOT_DEGENERATE
     )
     verdicts = (baseline_gate, champion_gate, degenerate)
-    passed = all(g.passed for g in verdicts)
-
     directory = reports.folder("evaluation", f"{model.name}-v{model.version}")
     plots = lib.save_evaluation_plots(
         y, proba, directory, threshold, baseline=champion_proba, uncalibrated=uncalibrated
     )
-    summary = {
-        "model": model.uri,
-        "threshold": threshold,
-        "metrics": metrics,
-        "operating_point": operating_point.metadata(),
-        "calibration": calibration,
-        "baseline": baseline,
-        "gates": {
-            g.name: {"passed": g.passed, "message": g.message, **g.figures} for g in verdicts
+    yield from _publish(
+        context,
+        client,
+        model,
+        verdicts,
+        report={
+            "model": model.uri,
+            "threshold": threshold,
+            "metrics": metrics,
+            "operating_point": operating_point.metadata(),
+            "calibration": calibration,
+            "baseline": baseline,
         },
-        "champion": {"version": champion.version, "metrics": champion_metrics}
-        if champion_metrics
-        else None,
-    }
-    (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    _log_to_run(client, model.run_id, metrics, directory)
-    client.set_model_version_tag(
-        model.name,
-        model.version,
-        registry.GATES_TAG,
-        registry.GATES_PASSED if passed else "failed",
-    )
-    for gate in verdicts:
-        context.log.info(gate.message)
-
-    yield dg.Output(
-        lib.EvaluationResult(
-            model_version=model.version,
-            threshold=float(threshold),
-            metrics={k: float(v) for k, v in metrics.items()},
-            gates={g.name: bool(g.passed) for g in verdicts},
-            report=summary,
-        ),
+        champion=champion,
+        champion_metrics=champion_metrics,
+        threshold=threshold,
+        metrics=metrics,
+        logged=metrics,
+        baseline=("logistic_regression", baseline),
         metadata={
-            **{k: float(v) for k, v in metrics.items()},
-            **{f"logistic_regression_{k}": float(v) for k, v in baseline.items()},
             **operating_point.metadata(),
             **{
                 f"calibration_{when}/{k}": v
                 for when, figures in calibration.items()
                 for k, v in figures.items()
             },
-            "model_version": int(model.version),
-            "comparison": dg.MetadataValue.md(lib.markdown_table(metrics, baseline)),
-            "report_dir": dg.MetadataValue.path(str(directory)),
-            **{f"plot_{name}": png_markdown(path) for name, path in plots.items()},
         },
+        directory=directory,
+        plots=plots,
     )
-    yield from gate_checks(verdicts)
 
 
 def gate_checks(verdicts):
@@ -265,10 +238,8 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
 
     import numpy as np
 
-    from mlops_assets.lib import registry
+    from mlops_assets.lib import decision
     from mlops_assets.lib import regression as lib
-    from mlops_assets.lib.decision import GateResult
-    from mlops_assets.lib.evaluation import EvaluationResult, markdown_table
     from mlops_assets.lib.modeling import features_and_label, split_parts
 
     spec = dataset_spec
@@ -283,10 +254,10 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
     intervals = lib.metric_intervals(y, predicted, days, gates=gates)
 
     column, _ = lib.most_informative_category(train, validation, categorical, label, error)
-    means, overall = lib.category_means(train[column], train[label])
+    means, overall = decision.category_means(train[column], train[label])
     history = validation if len(validation) else train
     references = {
-        f"mean_by_{column}": lib.category_mean_predictions(means, overall, test[column]),
+        f"mean_by_{column}": decision.category_mean_predictions(means, overall, test[column]),
         "last_period_mean": np.full(
             len(y), lib.last_period_mean(history, date_column=spec.date.column, label=label)
         ),
@@ -317,13 +288,7 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
             error=error,
         )
     else:
-        champion_gate = GateResult(
-            NOT_WORSE_THAN_CHAMPION,
-            passed=True,
-            judged=True,
-            message=f"{NOT_WORSE_THAN_CHAMPION}: passed: no other version is champion yet, "
-            "nothing to compare",
-        )
+        champion_gate = _no_champion_gate()
     degenerate = lib.degenerate_gate(
         y,
         predicted,
@@ -334,18 +299,68 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
         name=NOT_DEGENERATE,
     )
     verdicts = (baseline_gate, champion_gate, degenerate)
+    predictor = next(iter(references))
+    baseline = {"n": metrics["n"], **lib.regression_metrics(y, references[predictor])}
+    yield from _publish(
+        context,
+        mlflow.client(),
+        model,
+        verdicts,
+        report={
+            "model": model.uri,
+            "task": "regression",
+            "metrics": metrics,
+            "intervals": intervals,
+            "baseline": {"predictor": predictor, "metrics": baseline},
+        },
+        champion=champion,
+        champion_metrics=champion_metrics,
+        threshold=math.nan,
+        metrics=metrics,
+        logged={**metrics, **intervals},
+        baseline=(predictor, baseline),
+        directory=reports.folder("evaluation", f"{model.name}-v{model.version}"),
+    )
+
+
+def _no_champion_gate():
+    from mlops_assets.lib.decision import GateResult
+
+    return GateResult(
+        NOT_WORSE_THAN_CHAMPION,
+        passed=True,
+        judged=True,
+        message=f"{NOT_WORSE_THAN_CHAMPION}: passed: no other version is champion yet, "
+        "nothing to compare",
+    )
+
+
+def _publish(
+    context: dg.AssetExecutionContext,
+    client,
+    model,
+    verdicts,
+    *,
+    report: dict,
+    champion,
+    champion_metrics: dict | None,
+    threshold: float,
+    metrics: dict,
+    logged: dict,
+    baseline: tuple[str, dict],
+    directory,
+    metadata: dict | None = None,
+    plots: dict | None = None,
+):
+    """What every task does with its verdicts: the report (the task's own `report`, then the
+    gates and the champion's metrics) in `directory`, the `logged` test metrics and the report on
+    the model's run, the version tagged with the gates' outcome, and the Output and the checks."""
+    from mlops_assets.lib import registry
+    from mlops_assets.lib.evaluation import EvaluationResult, markdown_table
+
     passed = all(g.passed for g in verdicts)
-    baseline = {
-        "n": metrics["n"],
-        **lib.regression_metrics(y, next(iter(references.values()))),
-    }
-    directory = reports.folder("evaluation", f"{model.name}-v{model.version}")
     summary = {
-        "model": model.uri,
-        "task": "regression",
-        "metrics": metrics,
-        "intervals": intervals,
-        "baseline": {"predictor": next(iter(references)), "metrics": baseline},
+        **report,
         "gates": {
             g.name: {"passed": g.passed, "message": g.message, **g.figures} for g in verdicts
         },
@@ -354,27 +369,29 @@ def evaluate_regression(context, gates, model, training_set, mlflow: MlflowTrack
         else None,
     }
     (directory / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    client = mlflow.client()
-    _log_to_run(client, model.run_id, {**metrics, **intervals}, directory)
+    _log_to_run(client, model.run_id, logged, directory)
     client.set_model_version_tag(
         model.name, model.version, registry.GATES_TAG, registry.GATES_PASSED if passed else "failed"
     )
     for gate in verdicts:
         context.log.info(gate.message)
+    predictor, baseline_metrics = baseline
     yield dg.Output(
         EvaluationResult(
             model_version=model.version,
-            threshold=math.nan,
+            threshold=float(threshold),
             metrics={k: float(v) for k, v in metrics.items()},
             gates={g.name: bool(g.passed) for g in verdicts},
             report=summary,
         ),
         metadata={
-            **{k: float(v) for k, v in {**metrics, **intervals}.items()},
-            **{f"{next(iter(references))}_{k}": float(v) for k, v in baseline.items()},
+            **{k: float(v) for k, v in logged.items()},
+            **{f"{predictor}_{k}": float(v) for k, v in baseline_metrics.items()},
+            **(metadata or {}),
             "model_version": int(model.version),
-            "comparison": dg.MetadataValue.md(markdown_table(metrics, baseline)),
+            "comparison": dg.MetadataValue.md(markdown_table(metrics, baseline_metrics)),
             "report_dir": dg.MetadataValue.path(str(directory)),
+            **{f"plot_{name}": png_markdown(path) for name, path in (plots or {}).items()},
         },
     )
     yield from gate_checks(verdicts)

@@ -431,17 +431,6 @@ class Warehouse(DuckDBResource):
                 con.close()
 
 
-def table_exists(con, table: str) -> bool:
-    """Whether `schema.name` exists: the IO manager creates a table on its first non-empty write."""
-    schema, _, name = table.rpartition(".")
-    # fetchall, not fetchone: DuckDB refuses new work on a connection with rows left unread.
-    rows = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchall()
-    return bool(rows[0][0])
-
-
 def ensure_table(warehouse: DuckDBResource, table: str, frame: pd.DataFrame) -> None:
     """Create `schema.name` with the frame's columns if it does not exist yet.
 
@@ -465,7 +454,7 @@ def stored_daily_counts(
     """Rows per day of `table` in [start, end) as stored; empty if the table does not exist yet."""
     import pandas as pd
 
-    from mlops_assets.lib.sql import ident, qualified
+    from mlops_assets.lib.sql import ident, qualified, table_exists
 
     date = ident(date_column)
     query = (

@@ -10,10 +10,10 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.lib.sql import ident
+from mlops_assets.lib.sql import ident, table_exists
 from mlops_assets.metadata import table_metadata
 from mlops_assets.partitions import dataset_spec
-from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking, table_exists
+from mlops_assets.resources import DUCKDB_POOL, OBJECT_IO_MANAGER, MlflowTracking
 
 _window = dataset_spec.default_training_window
 

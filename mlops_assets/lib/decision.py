@@ -15,7 +15,7 @@ Pure functions, no Dagster or MLflow imports; scikit-learn is imported inside th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,8 @@ import pandas as pd
 from mlops_assets.lib.spec import GateSpec, OperatingPointSpec
 
 CALIBRATION_METHODS = ("sigmoid", "isotonic")
-# Records a category needs before its own delay rate outweighs the overall rate (a pseudo-count
-# at the prior): rare destinations would otherwise score 0 or 1 from a handful of flights.
+# Records a category needs before its own mean outweighs the overall mean (a pseudo-count at the
+# prior): a rare destination's delay rate would otherwise be 0 or 1 from a handful of flights.
 CATEGORY_PSEUDO_COUNT = 20
 # Bins of the reliability curve and of the expected calibration error.
 CALIBRATION_BINS = 10
@@ -240,20 +240,45 @@ def calibrate(model: Any, X: pd.DataFrame, y: Any, days: Any, max_folds: int = 5
 # Simple baselines
 
 
-def category_rates(
+def category_means(
     train: pd.Series, y_train: Any, pseudo_count: float = CATEGORY_PSEUDO_COUNT
 ) -> tuple[dict[Any, float], float]:
-    """Per-category positive rate (shrunk toward the overall rate) and the overall rate."""
+    """Per-category mean of the target (shrunk toward the overall mean) and the overall mean; of
+    a 0/1 label, the positive rates."""
     y = np.asarray(y_train, dtype=float)
     prior = float(y.mean())
     grouped = pd.DataFrame({"c": train.astype(str).to_numpy(), "y": y}).groupby("c")["y"]
-    rates = (grouped.sum() + pseudo_count * prior) / (grouped.count() + pseudo_count)
-    return rates.to_dict(), prior
+    means = (grouped.sum() + pseudo_count * prior) / (grouped.count() + pseudo_count)
+    return means.to_dict(), prior
 
 
-def category_rate_scores(rates: Mapping[Any, float], prior: float, values: pd.Series) -> np.ndarray:
-    """Each record scored with its category's rate; unseen categories with the overall rate."""
-    return values.astype(str).map(rates).fillna(prior).to_numpy(dtype=float)
+def category_mean_predictions(
+    means: Mapping[Any, float], overall: float, values: pd.Series
+) -> np.ndarray:
+    """Each record predicted by its category's mean; unseen categories by the overall mean."""
+    return values.astype(str).map(means).fillna(overall).to_numpy(dtype=float)
+
+
+def best_category(
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    columns: Sequence[str],
+    label: str,
+    score: Callable[[pd.Series, np.ndarray], float],
+    *,
+    lower_is_better: bool = False,
+) -> tuple[str, float]:
+    """The categorical column whose per-category mean, predicting the validation days, has the
+    best `score` (of the labels and the predictions), and that score."""
+    if not columns:
+        raise ValueError("no categorical column to build a per-category baseline from")
+    scored = {}
+    for column in columns:
+        means, overall = category_means(train[column], train[label])
+        predicted = category_mean_predictions(means, overall, validation[column])
+        scored[column] = score(validation[label], predicted)
+    best = (min if lower_is_better else max)(scored, key=scored.get)
+    return best, scored[best]
 
 
 def most_informative_category(
@@ -262,15 +287,7 @@ def most_informative_category(
     """The categorical column whose per-category rate ranks the validation days best (ROC AUC)."""
     from sklearn.metrics import roc_auc_score
 
-    if not columns:
-        raise ValueError("no categorical column to build a per-category baseline from")
-    scored = {}
-    for column in columns:
-        rates, prior = category_rates(train[column], train[label])
-        scores = category_rate_scores(rates, prior, validation[column])
-        scored[column] = float(roc_auc_score(validation[label], scores))
-    best = max(scored, key=scored.get)
-    return best, scored[best]
+    return best_category(train, validation, columns, label, lambda y, p: float(roc_auc_score(y, p)))
 
 
 # ---------------------------------------------------------------------------------------------

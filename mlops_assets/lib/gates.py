@@ -16,7 +16,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mlops_assets.lib.sql import ident
+from mlops_assets.lib.sql import ident, table_exists
 from mlops_assets.lib.sql import table as _table
 
 GATES_TABLE = "monitoring_gates"
@@ -75,11 +75,7 @@ def record_gates(
 def excluded_days(con, schema: str, first: dt.date, last: dt.date) -> dict[dt.date, str]:
     """Days of [first, last] kept out by a failed blocking check, with the checks' reasons."""
     table = _table(schema, GATES_TABLE)
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, GATES_TABLE],
-    ).fetchall()[0][0]
-    if not exists:
+    if not table_exists(con, f"{schema}.{GATES_TABLE}"):
         return {}
     rows = con.execute(
         f"SELECT day, string_agg(check_name || ': ' || reason, '; ' ORDER BY check_name) "

@@ -28,10 +28,8 @@ import numpy as np
 import pandas as pd
 
 from mlops_assets.lib.decision import (
-    CATEGORY_PSEUDO_COUNT,
     GateResult,
-    category_rate_scores,
-    category_rates,
+    best_category,
     day_interval,
     day_resamples,
     too_few_days,
@@ -159,20 +157,6 @@ def metric_intervals(
 # Simple predictors
 
 
-def category_means(
-    train: pd.Series, y_train: Any, pseudo_count: float = CATEGORY_PSEUDO_COUNT
-) -> tuple[dict[Any, float], float]:
-    """Per-category mean of the target (shrunk toward the overall mean) and the overall mean."""
-    return category_rates(train, y_train, pseudo_count)
-
-
-def category_mean_predictions(
-    means: Mapping[Any, float], overall: float, values: pd.Series
-) -> np.ndarray:
-    """Each record predicted by its category's mean; unseen categories by the overall mean."""
-    return category_rate_scores(means, overall, values)
-
-
 def most_informative_category(
     train: pd.DataFrame,
     validation: pd.DataFrame,
@@ -181,16 +165,12 @@ def most_informative_category(
     error: Error = "absolute",
 ) -> tuple[str, float]:
     """The categorical column whose per-category mean has the least error on the validation days."""
-    if not columns:
-        raise ValueError("no categorical column to build a per-category mean from")
-    scored = {}
-    for column in columns:
-        means, overall = category_means(train[column], train[label])
-        predicted = category_mean_predictions(means, overall, validation[column])
-        loss = per_record_loss(validation[label], predicted, error).mean()
-        scored[column] = float(math.sqrt(loss) if error == "squared" else loss)
-    best = min(scored, key=scored.get)
-    return best, scored[best]
+
+    def loss(y: pd.Series, predicted: np.ndarray) -> float:
+        mean = per_record_loss(y, predicted, error).mean()
+        return float(math.sqrt(mean) if error == "squared" else mean)
+
+    return best_category(train, validation, columns, label, loss, lower_is_better=True)
 
 
 def last_period_mean(

@@ -1,4 +1,5 @@
-"""Quoting for SQL text built from names we do not control (specification fields, file paths)."""
+"""Quoting for SQL text built from names we do not control (specification fields, file paths),
+and the one catalogue lookup the stages share."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def qualified(dotted: str) -> str:
 def literal(value: str) -> str:
     """`value` as a DuckDB string literal (for statements that take no parameters, e.g. COPY)."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def table_exists(con, table: str) -> bool:
+    """Whether `schema.name` exists (tables are created on their first write, so a reader may come
+    first)."""
+    schema, _, name = table.rpartition(".")
+    # fetchall, not fetchone: DuckDB refuses new work on a connection with rows left unread.
+    rows = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchall()
+    return bool(rows[0][0])

@@ -16,9 +16,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.lib.sql import ident
+from mlops_assets.lib.sql import ident, table_exists
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
-from mlops_assets.resources import DUCKDB_POOL, MlflowTracking, table_exists
+from mlops_assets.resources import DUCKDB_POOL, MlflowTracking
 
 GROUP = "monitoring"
 PROBABILITY = "probability"

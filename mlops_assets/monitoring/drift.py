@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.chunks import DayChunks
-from mlops_assets.lib.sql import ident
+from mlops_assets.lib.sql import ident, table_exists
 from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
@@ -35,7 +35,6 @@ from mlops_assets.resources import (
     EvidentlyWorkspace,
     MlflowTracking,
     ReportStore,
-    table_exists,
 )
 
 DRIFT_CHECK = "check_drift"

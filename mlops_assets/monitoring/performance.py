@@ -9,6 +9,9 @@ ROC AUC outside the band (the relation between features and label moved).
 """
 
 import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -23,6 +26,7 @@ from mlops_assets.monitoring.common import (
     DATE,
     NOT_FOR_REGRESSION,
     PROBABILITY,
+    SCORE,
     blocking_field,
     champion_rows,
     check_spec,
@@ -241,17 +245,41 @@ class PerformanceConfig(dg.Config):
 
 
 def _scored_rows(warehouse: DuckDBResource, first: dt.date, last: dt.date):
-    """The champion's scored records of [first, last] with their labels (NULL until known)."""
+    """The champion's scores of [first, last] with their labels (NULL until known)."""
     spec = dataset_spec
     keys = " AND ".join(f"p.{ident(k)} = f.{ident(k)}" for k in [DATE, *spec.key])
     date = ident(DATE)
     query = (
-        f"SELECT p.{date}, p.model_version, p.{PROBABILITY}, f.{ident(spec.target.name)} "
+        f"SELECT p.{date}, p.model_version, p.{SCORE}, f.{ident(spec.target.name)} "
         f"FROM {spec.name}.predictions p JOIN {spec.name}.features f ON {keys} "
         f"WHERE p.model_alias = 'champion' AND p.{date} >= ? AND p.{date} <= ?"
     )
     with warehouse.get_connection() as con:
         return con.execute(query, [first, last]).df()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a task makes of the records a day is judged on."""
+
+    metrics: Mapping[str, float]
+    columns: dict[str, Any]  # the task's own columns, stored after the metrics
+    metadata: dict[str, Any]  # the task's own per-day metadata
+    ok: str  # the check's reason on a day that passed
+    problems: list[str] = field(default_factory=list)  # besides the watched metrics' drops
+    outside_band: bool = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """What `performance` does differently for a classifier and for a regression target."""
+
+    metric_names: Sequence[str]
+    watched: Sequence[str]
+    # (window, window_days, enough, day, model version, its test metrics) -> Measured
+    measure: Callable[[Any, int, bool, dt.date, str, dict[str, float]], Measured]
+    # (rows, test metrics per version) -> the task's own output metadata
+    summary: Callable[[list[dict], dict[str, dict[str, float]]], dict[str, Any]]
 
 
 @dg.asset(
@@ -279,29 +307,102 @@ def performance(
     Brier, ...), judged on a trailing window when the day alone has too few labelled records,
     beside the CBPE estimate for the same records and whether the realized value left its band.
     A regression target: MAE, RMSE, R2 and the label-revealed drift (monitoring/regression.py)."""
+    if dataset_spec.is_regression:
+        from mlops_assets.monitoring.regression import regression_task
+
+        task = regression_task(config)
+    else:
+        task = _classifier_task(config, mlflow)
+    yield from _judge_days(context, config, mlflow, warehouse, task)
+
+
+def _classifier_task(config: PerformanceConfig, mlflow: MlflowTracking) -> Task:
+    """lib.evaluation metrics at the version's decision threshold, and CBPE's band around the
+    realized ROC AUC."""
+    from mlops_assets.lib import cbpe
+    from mlops_assets.lib.evaluation import METRIC_NAMES
+    from mlops_assets.lib.monitoring import daily_performance
+
+    label = dataset_spec.target.name
+    thresholds: dict[str, float] = {}
+
+    def measure(window, k, enough, date, version, test) -> Measured:
+        if version not in thresholds:
+            thresholds[version] = decision_threshold(mlflow, version)
+        threshold = thresholds[version]
+        metrics = (
+            daily_performance(window, label=label, threshold=threshold) if len(window) else None
+        )
+        band, outside, problems = _band(None), False, []
+        if enough and metrics is not None:
+            estimate = cbpe.estimate(
+                window[PROBABILITY].to_numpy(),
+                threshold,
+                coverage=config.coverage,
+                inflation=config.band_inflation,
+                seed=date.toordinal(),
+            )
+            band = _band(estimate)
+            outside = bool(
+                metrics["roc_auc"] == metrics["roc_auc"]
+                and not estimate.inside("roc_auc", metrics["roc_auc"])
+            )
+            if outside:
+                problems.append(
+                    f"realized ROC AUC {metrics['roc_auc']:.3f} outside its estimate's band "
+                    f"[{band['roc_auc_low']:.3f}, {band['roc_auc_high']:.3f}]"
+                )
+        return Measured(
+            metrics=metrics or {},
+            columns=band,
+            metadata={
+                "estimated_roc_auc": float(band["estimated_roc_auc"]),
+                "outside_band": outside,
+                # The serving model's test score: the retraining sensor reads decay from the pair.
+                "reference_roc_auc": test.get("roc_auc", float("nan")),
+            },
+            ok=f"test metrics held, ROC AUC inside its band (on {k} day(s))",
+            problems=problems,
+            outside_band=outside,
+        )
+
+    def summary(rows, tests) -> dict[str, Any]:
+        return {
+            "days_outside_band": sum(r["outside_band"] for r in rows),
+            **{
+                f"test_{name}": value
+                for version_metrics in tests.values()
+                for name, value in version_metrics.items()
+                if name in config.watched_metrics
+            },
+        }
+
+    return Task(METRIC_NAMES, config.watched_metrics, measure, summary)
+
+
+def _judge_days(
+    context: dg.AssetExecutionContext,
+    config: PerformanceConfig,
+    mlflow: MlflowTracking,
+    warehouse: DuckDBResource,
+    task: Task,
+):
+    """`performance`'s output and check: each run day whose labels are usable is measured by
+    `task` on its own records or the shortest trailing window with enough of them, and judged
+    against the champion's test metrics."""
     import pandas as pd
 
-    if dataset_spec.is_regression:
-        from mlops_assets.monitoring.regression import regression_performance
-
-        yield from regression_performance(context, config, mlflow, warehouse)
-        return
-
-    from mlops_assets.lib import cbpe
     from mlops_assets.lib.clock import labels_usable, today
-    from mlops_assets.lib.evaluation import METRIC_NAMES
-    from mlops_assets.lib.monitoring import daily_performance, relative_drops, trailing_window
+    from mlops_assets.lib.monitoring import relative_drops, trailing_window
     from mlops_assets.lib.registry import test_metrics
 
-    spec = dataset_spec
-    label = spec.target.name
-    now = today()
-    run_days = days(context)
+    label = dataset_spec.target.name
+    now, run_days = today(), days(context)
     first = dt.date.fromisoformat(run_days[0]) - dt.timedelta(days=config.max_window_days - 1)
     scored = _scored_rows(warehouse, first, dt.date.fromisoformat(run_days[-1]))
     labelled = scored[scored[label].notna()]
     by_day = scored.groupby(day_of(scored))
-    reference: dict[str, tuple[float, dict[str, float]]] = {}
+    tests: dict[str, dict[str, float]] = {}
     rows, gates = [], []
 
     def gate(day, passed, judged, reason):
@@ -320,12 +421,9 @@ def performance(
             continue
         of_day = by_day.get_group(day)
         version = str(of_day["model_version"].iloc[0])
-        if version not in reference:
-            reference[version] = (
-                decision_threshold(mlflow, version),
-                test_metrics(mlflow.client(), mlflow.model_name, version),
-            )
-        threshold, test = reference[version]
+        if version not in tests:
+            tests[version] = test_metrics(mlflow.client(), mlflow.model_name, version)
+        test = tests[version]
         window, k, enough = trailing_window(
             labelled[labelled["model_version"] == version],
             date_column=DATE,
@@ -333,10 +431,12 @@ def performance(
             min_records=config.min_labelled_records,
             max_days=config.max_window_days,
         )
-        n_day = int(of_day[label].notna().sum())
         reason = "" if enough else f"not judged: n={len(window)} < {config.min_labelled_records}"
-        metrics = (
-            daily_performance(window, label=label, threshold=threshold) if len(window) else None
+        measured = task.measure(window, k, enough, date, version, test)
+        drops = (
+            relative_drops(measured.metrics, test, task.watched, config.max_relative_drop)
+            if enough
+            else {}
         )
         row = {
             DATE: pd.Timestamp(day),
@@ -344,54 +444,30 @@ def performance(
             "model_version": version,
             "label_delay_days": config.label_delay_days,
             "n_scored": len(of_day),
-            "n_labelled": n_day,
+            "n_labelled": int(of_day[label].notna().sum()),
             "window_days": k,
             "judged": enough,
             "not_judged_reason": reason,
-            **{name: (metrics or {}).get(name, float("nan")) for name in METRIC_NAMES},
+            **{name: measured.metrics.get(name, float("nan")) for name in task.metric_names},
+            "n": len(window),
+            **measured.columns,
+            "outside_band": measured.outside_band,
+            "below_reference": ", ".join(drops),
         }
-        row["n"] = len(window)
-        row |= _band(None)
-        drops, outside = {}, False
-        if enough and metrics is not None:
-            estimate = cbpe.estimate(
-                window[PROBABILITY].to_numpy(),
-                threshold,
-                coverage=config.coverage,
-                inflation=config.band_inflation,
-                seed=date.toordinal(),
-            )
-            row |= _band(estimate)
-            outside = bool(
-                metrics["roc_auc"] == metrics["roc_auc"]
-                and not estimate.inside("roc_auc", metrics["roc_auc"])
-            )
-            drops = relative_drops(metrics, test, config.watched_metrics, config.max_relative_drop)
-        row["outside_band"] = outside
-        row["below_reference"] = ", ".join(drops)
         rows.append(row)
         if not enough:
             gate(day, False, False, reason)
         else:
             problems = [
                 f"{name} {change:+.1%} against the test value" for name, change in drops.items()
-            ]
-            if outside:
-                problems.append(
-                    f"realized ROC AUC {row['roc_auc']:.3f} outside its estimate's band "
-                    f"[{row['roc_auc_low']:.3f}, {row['roc_auc_high']:.3f}]"
-                )
-            ok = f"test metrics held, ROC AUC inside its band (on {k} day(s))"
-            gate(day, not problems, True, "; ".join(problems) or ok)
+            ] + measured.problems
+            gate(day, not problems, True, "; ".join(problems) or measured.ok)
         context.add_asset_metadata(
             {
-                **{name: float(row[name]) for name in METRIC_NAMES},
+                **{name: float(row[name]) for name in task.metric_names},
                 "judged": enough,
                 "window_days": k,
-                "estimated_roc_auc": float(row.get("estimated_roc_auc", float("nan"))),
-                "outside_band": outside,
-                # The serving model's test score: the retraining sensor reads decay from the pair.
-                "reference_roc_auc": test.get("roc_auc", float("nan")),
+                **measured.metadata,
                 "dagster/partition_row_count": 1,
                 **({"not_judged": reason} if reason else {}),
             },
@@ -407,15 +483,9 @@ def performance(
             "days_measured": len(table),
             "days_judged": judged,
             "days_below": sum(bool(r["below_reference"]) for r in rows),
-            "days_outside_band": sum(r["outside_band"] for r in rows),
             "max_relative_drop": config.max_relative_drop,
             "blocking": config.blocking,
-            **{
-                f"test_{name}": value
-                for _, version_metrics in reference.values()
-                for name, value in version_metrics.items()
-                if name in config.watched_metrics
-            },
+            **task.summary(rows, tests),
         },
     )
     yield from day_checks(context, warehouse, PERFORMANCE_CHECK, gates, run_days=run_days)

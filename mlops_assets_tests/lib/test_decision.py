@@ -206,8 +206,8 @@ def test_most_informative_category_and_its_rates():
         frame.iloc[:2000], frame.iloc[2000:], ["noise", "signal"], "y"
     )
     assert column == "signal" and auc > 0.7
-    rates, prior = decision.category_rates(pd.Series(["a", "a", "b"]), [1, 1, 0], pseudo_count=1)
+    rates, prior = decision.category_means(pd.Series(["a", "a", "b"]), [1, 1, 0], pseudo_count=1)
     # a: (2 + 1 x 2/3) / (2 + 1); b: (0 + 2/3) / (1 + 1); an unseen category gets the prior.
     assert rates == pytest.approx({"a": (2 + 2 / 3) / 3, "b": (2 / 3) / 2})
-    scores = decision.category_rate_scores(rates, prior, pd.Series(["b", "new"]))
+    scores = decision.category_mean_predictions(rates, prior, pd.Series(["b", "new"]))
     assert scores == pytest.approx([1 / 3, 2 / 3])

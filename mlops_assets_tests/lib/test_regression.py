@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlops_assets.lib import decision
 from mlops_assets.lib import regression as lib
 from mlops_assets.lib.decision import day_resamples
 from mlops_assets.lib.spec import DatasetSpec, GateSpec
@@ -71,8 +72,8 @@ def category_data(seed: int = 0, n_days: int = 12, per_day: int = 40):
 def test_a_model_worse_than_the_per_category_mean_is_refused_and_a_better_one_passes():
     train, test = category_data(0), category_data(1)
     column, _ = lib.most_informative_category(train, train, ["c"], "y")
-    means, overall = lib.category_means(train[column], train["y"])
-    by_category = lib.category_mean_predictions(means, overall, test[column])
+    means, overall = decision.category_means(train[column], train["y"])
+    by_category = decision.category_mean_predictions(means, overall, test[column])
     level = test["c"].map({"a": 0.0, "b": 10.0, "c": 20.0}).to_numpy()
     # Worse: the category level but a wrong numeric slope pointing the other way.
     worse = level + 8 * (1 - test["x"].to_numpy())
