@@ -11,9 +11,9 @@
     it includes and excludes).
 
 They run one after the other (never together: the machine has 2 cores). Prints both wall times,
-the ratio (issue 7's target: the lifecycle within 1.5x of the baseline and under 300 s), each
-one's peak RSS (GNU time's maximum resident set size of the process; getrusage as a fallback), the
-time per stage of each, and the lifecycle's own summary. MLFLOW_TRACKING_URI and
+the ratio (issue 16's target: the lifecycle within 1.2x of the baseline; issue 7's: under 300 s),
+each one's peak RSS (GNU time's maximum resident set size of the process; getrusage as a
+fallback), the time per stage of each, and the lifecycle's own summary. MLFLOW_TRACKING_URI and
 MLOPS_REPLAY_DATE are removed from both environments so that both use local stores and the real
 date. Temporary directories are removed unless --keep.
 """
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 GNU_TIME = Path("/usr/bin/time")
 LIFECYCLE_TARGET_S = 300
-RATIO_TARGET = 1.5
+RATIO_TARGET = 1.2
 # The lifecycle's stages, in the order it prints "-> ..." lines; plain_lifecycle.py uses the keys.
 STAGES = ("data", "train", "monitor", "replay", "retrain", "ab_scoring", "ab_test")
 STAGE_TITLES = {
@@ -107,11 +107,12 @@ def lifecycle_stages(result: Result) -> dict[str, float]:
     """Seconds per stage from the arrival times of the lifecycle's "-> ..." lines."""
     starts = [at for at, line in result.lines if line.startswith("-> ")]
     ends = [at for at, line in result.lines if line.strip() == "Summary"]
-    if len(starts) != len(STAGES) or not ends:
+    if not starts or len(starts) > len(STAGES) or not ends:
         return {}
+    # In STAGES' order; a lifecycle whose challenger was refused stops after "retrain".
     bounds = [*starts, ends[0]]
     stages = {"imports": starts[0]}
-    for i, key in enumerate(STAGES):
+    for i, key in enumerate(STAGES[: len(starts)]):
         stages[key] = bounds[i + 1] - bounds[i]
     return stages
 
@@ -172,7 +173,7 @@ def report(results: dict[str, Result]) -> None:
         a, b = lifecycle_stages(life), baseline_stages(base)
         if a and b:
             say(f"\n  {'stage':52} {'lifecycle':>9} {'baseline':>9} {'extra':>7}")
-            for key in ("imports", *STAGES):
+            for key in [k for k in ("imports", *STAGES) if k in a or k in b]:
                 extra = a.get(key, 0) - b.get(key, 0)
                 say(
                     f"  {STAGE_TITLES[key]:52} {a.get(key, 0):8.1f}s {b.get(key, 0):8.1f}s "
