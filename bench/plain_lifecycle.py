@@ -30,7 +30,8 @@ same data sizes, in the same order of stages:
    (`lib.cbpe.estimate`, band inflation 3.38); realized performance on the day or its trailing
    window (`lib.monitoring.trailing_window`, 100 labelled records, up to 7 days) beside the
    estimate for the same records; the summary plot and tables (`lib.monitoring.plot_summary`,
-   `daily_series`); tables written.
+   `daily_series`), the daily figures and panels of the Evidently project
+   (`lib.dashboard.save_daily_figures`); tables written.
 4. the retraining rule (`lib.automation.replay_rule`: drift alarms, decay, outside the band)
    replayed over the monitored days (the last 180, as the sensor cursor keeps), then the same
    retraining as the lifecycle: the rule's 90-day window if it fired (A/B from the next day),
@@ -88,6 +89,7 @@ from mlflow.models import infer_signature  # noqa: E402
 
 from mlops_assets.lib import (  # noqa: E402
     cbpe,
+    dashboard,
     decision,
     drift,
     drift_calibration,
@@ -621,6 +623,9 @@ def monitor(
     daily.drop(columns=["drifted_columns"]).groupby(daily[DATE].str[:7]).mean(
         numeric_only=True
     ).round(3).to_markdown()
+    dashboard.save_daily_figures(
+        data_dir / "evidently", f"{SPEC.name} drift", dashboard.figures_by_day(daily, DATE)
+    )
     say(
         f"   {len(drift_table)} days: {int(drift_table['alarm'].sum())} drift alarms, "
         f"mean ROC AUC {perf_table['roc_auc'].mean():.4f}, "
