@@ -8,11 +8,6 @@ export MLOPS_DATA_DIR
 # copied from the repository's by `python -m mlops_assets.instance`).
 override DAGSTER_HOME := $(MLOPS_DATA_DIR)/dagster
 export DAGSTER_HOME
-# One "planned" event per asset for a range run, not one per day and asset (see README).
-export DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS ?= true
-# A range run's per-day materializations of a step stored in one transaction per shard, not one
-# per event (mlops_assets/event_log.py, configured in dagster.yaml).
-export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 RUN := $(UV) run --frozen
 # Before any Dagster command: put dagster.yaml in DAGSTER_HOME, create the instance's storage once

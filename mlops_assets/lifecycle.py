@@ -137,13 +137,6 @@ def main() -> None:
         # user of the lifecycle can act on.
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    # One planned event per asset for a range run instead of one per day and asset: halves the
-    # event log writes of a year-long run. (Dagster's trade-off: a failed range run does not mark
-    # its partitions failed; they show as missing.)
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
-    # A step's per-day materializations stored as one batch: one transaction per shard with the
-    # event log of dagster.yaml (mlops_assets/event_log.py) instead of one per event.
-    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
     from mlops_assets.automation import replay_retraining, retraining_request
     from mlops_assets.definitions import defs
 

@@ -10,6 +10,7 @@ partitions, the latest materialization per partition and per asset, check execut
 run's event types.
 """
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -69,6 +70,8 @@ class RecordingStorage(BatchingSqliteEventLogStorage):
 def record(tmp_path: Path, sample_csv: Path, *, batching: bool, monkeypatch):
     """Run both ranges on a fresh instance; return what its event log answers."""
     overrides = {}
+    # Both instances emit one planned event per asset (the repository's storage would by itself).
+    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
     if batching:
         monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
         overrides["event_log_storage"] = {
@@ -157,3 +160,19 @@ def test_batched_backfill_is_recorded_as_dagster_records_it(
     for key in reference:  # one item at a time, so that a failure names what differs
         assert set(batched[key]) ^ set(reference[key]) == set(), key
     assert batched == reference
+
+
+def test_the_storage_turns_batching_and_planned_subsets_on_unless_the_environment_says(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
+    storage = BatchingSqliteEventLogStorage(str(tmp_path / "a"))
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "1000"
+    assert storage.supports_partition_subset_in_asset_materialization_planned_events
+
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "0")
+    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "false")
+    storage = BatchingSqliteEventLogStorage(str(tmp_path / "b"), batch_size=50)
+    assert os.environ["DAGSTER_EVENT_BATCH_SIZE"] == "0"
+    assert not storage.supports_partition_subset_in_asset_materialization_planned_events
