@@ -104,16 +104,17 @@ def run(name: str, command: list[str], env: dict, cwd: Path, scratch: Path) -> R
 
 
 def lifecycle_stages(result: Result) -> dict[str, float]:
-    """Seconds per stage from the arrival times of the lifecycle's "-> ..." lines."""
-    starts = [at for at, line in result.lines if line.startswith("-> ")]
-    ends = [at for at, line in result.lines if line.strip() == "Summary"]
-    if not starts or len(starts) > len(STAGES) or not ends:
+    """Seconds per stage from the arrival times of the lifecycle's lines: its "-> title ..." line
+    is completed (" done in N s") when the stage ends, so a stage lasts from the previous line's
+    arrival to its own; the first from the header line's. In STAGES' order: a lifecycle whose
+    challenger was refused stops after "retrain"."""
+    header = [at for at, line in result.lines if line.startswith("mlops_assets lifecycle on")]
+    ends = [at for at, line in result.lines if line.startswith("-> ")]
+    if not header or not ends or len(ends) > len(STAGES):
         return {}
-    # In STAGES' order; a lifecycle whose challenger was refused stops after "retrain".
-    bounds = [*starts, ends[0]]
-    stages = {"imports": starts[0]}
-    for i, key in enumerate(STAGES[: len(starts)]):
-        stages[key] = bounds[i + 1] - bounds[i]
+    stages, previous = {"imports": header[0]}, header[0]
+    for key, end in zip(STAGES, ends, strict=False):
+        stages[key], previous = end - previous, end
     return stages
 
 
