@@ -30,7 +30,10 @@ SCRIPT = REPO / "deploy" / "distributed.sh"
 DATA_ASSETS = ["raw_records", "validated_records", "quarantined_records", "features"]
 FIRST_DAY = dt.date(2013, 1, 1)
 BACKFILL_DAYS = 60
-PER_RUN = 30
+# Four runs side by side, each submitting its first step at once: a worker of concurrency 1 holds
+# at most two steps (one running, one prefetched), so the other worker must take some. With two
+# runs of 30 days, a run could finish before the other's first step came, all on one worker.
+PER_RUN = 15
 MODEL_NAME = f"{dataset_spec.name}_model"
 
 
@@ -203,7 +206,7 @@ def stack():
 
 
 def test_a_backfill_fans_out_over_both_workers(stack):
-    """60 days as runs of 30 days side by side, whose steps both workers execute; every day is
+    """60 days as four runs of 15 days side by side, whose steps both workers execute; every day is
     stored once, its records counted against the source; the instance is PostgreSQL."""
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
@@ -219,7 +222,7 @@ def test_a_backfill_fans_out_over_both_workers(stack):
         (r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
         for r in runs
     )
-    assert ranges == [(days[0], days[PER_RUN - 1]), (days[PER_RUN], days[-1])]
+    assert ranges == [(days[i], days[i + PER_RUN - 1]) for i in range(0, BACKFILL_DAYS, PER_RUN)]
     steps_by_worker: dict[str, list[str]] = {}
     for run in runs:
         for step, worker in stack.workers(instance, run.run_id).items():
