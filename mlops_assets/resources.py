@@ -282,12 +282,9 @@ class _ReplacingPandasHandler(DbTypeHandler):
 
     def stored_columns(self, connection, table_slice) -> list[str]:
         """The columns of the stored table; none if there is no table yet."""
-        rows = connection.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?",
-            [table_slice.schema, table_slice.table],
-        ).fetchall()
-        return [column for (column,) in rows]
+        from mlops_assets.lib.storage import stored_types
+
+        return list(stored_types(connection, table_slice.schema, table_slice.table) or {})
 
     def replace(
         self, context, connection, table_slice, frame: str, chunks=None

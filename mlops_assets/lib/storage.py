@@ -211,14 +211,18 @@ def column_types(con, query: str, params: list | None = None) -> dict[str, str]:
     return {row[0]: row[1] for row in con.execute(f"DESCRIBE {query}", params or []).fetchall()}
 
 
-def _existing_types(con, target: Slice, history: bool = False) -> dict[str, str] | None:
-    name = target.name + (HISTORY_SUFFIX if history else "")
+def stored_types(con, schema: str, name: str) -> dict[str, str] | None:
+    """Column name -> DuckDB type of `schema.name`, in column order; None if there is no table."""
     rows = con.execute(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-        [target.schema, name],
+        [schema, name],
     ).fetchall()
     return {c: t for c, t in rows} if rows else None
+
+
+def _existing_types(con, target: Slice, history: bool = False) -> dict[str, str] | None:
+    return stored_types(con, target.schema, target.name + (HISTORY_SUFFIX if history else ""))
 
 
 def _count(con, query: str, params: list | None = None) -> int:
