@@ -17,6 +17,7 @@ from dagster_duckdb.io_manager import DuckDbClient
 from pydantic import Field, PrivateAttr
 
 from mlops_assets.lib.spec import DatasetSpec
+from mlops_assets.lib.sql import fetch_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -368,7 +369,7 @@ class _ReplacingPandasHandler(DbTypeHandler):
         if wants_chunks:
             return self.load_chunks(context, table_slice, connection)
         # The library's handler builds its SELECT with unquoted names; this one quotes them.
-        return connection.execute(_QuotingDuckDbClient.get_select_statement(table_slice)).fetchdf()
+        return fetch_frame(connection, _QuotingDuckDbClient.get_select_statement(table_slice))
 
     def load_chunks(self, context: dg.InputContext, table_slice, connection):
         """The slice as `DayChunks`: windows from its rows per day, each read on its own
@@ -404,7 +405,7 @@ class _ReplacingPandasHandler(DbTypeHandler):
     def read_window(self, context, table_slice, days):
         where, params = days.where()
         with _QuotingDuckDbClient.connect(context, table_slice) as con:
-            return con.execute(f"SELECT * FROM {days.qualified} WHERE {where}", params).fetchdf()
+            return fetch_frame(con, f"SELECT * FROM {days.qualified} WHERE {where}", params)
 
     @property
     def supported_types(self):

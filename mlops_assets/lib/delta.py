@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_assets.lib.sql import ident, literal, table
+from mlops_assets.lib.sql import fetch_frame, ident, literal, table
 from mlops_assets.lib.storage import (
     SchemaChangeError,
     Slice,
@@ -201,7 +201,7 @@ def read_slice(con: duckdb.DuckDBPyConnection, uri: str, target: Slice) -> pd.Da
     if delta is None:
         raise FileNotFoundError(f"{uri}: no Delta table here; materialize {target.name} first")
     where, params = target.where()
-    return con.execute(f"SELECT * FROM {scan(con, delta)} WHERE {where}", params).fetchdf()
+    return fetch_frame(con, f"SELECT * FROM {scan(con, delta)} WHERE {where}", params)
 
 
 def _day(column: str) -> str:

@@ -16,7 +16,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.lib.sql import ident, table_exists
+from mlops_assets.lib.sql import fetch_frame, ident, table_exists
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
 from mlops_assets.resources import DUCKDB_POOL, MlflowTracking
 
@@ -107,7 +107,7 @@ def history(warehouse: DuckDBResource, table: str):
     with warehouse.get_connection() as con:
         if not table_exists(con, f"{schema}.{table}"):
             return pd.DataFrame()
-        return con.execute(f"SELECT * FROM {schema}.{table} ORDER BY {ident(DATE)}").df()
+        return fetch_frame(con, f"SELECT * FROM {schema}.{table} ORDER BY {ident(DATE)}")
 
 
 # One home for the default: monitoring checks flag and do not block unless configured to. On the

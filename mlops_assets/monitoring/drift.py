@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.chunks import DayChunks
-from mlops_assets.lib.sql import ident, table_exists
+from mlops_assets.lib.sql import fetch_frame, ident, table_exists
 from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
@@ -96,10 +96,11 @@ def read_reference(warehouse: DuckDBResource, mlflow: MlflowTracking, version: s
     with warehouse.get_connection() as con:
         if not table_exists(con, f"{spec.name}.features"):
             raise dg.Failure(f"cannot read the drift reference {where}: no features table")
-        reference = con.execute(
+        reference = fetch_frame(
+            con,
             f"SELECT {columns} FROM {spec.name}.features WHERE {date} >= ? AND {date} <= ?",
             [first, last],
-        ).df()
+        )
     if reference.empty:
         raise dg.Failure(f"the drift reference {where} has no rows")
     return reference, where
