@@ -13,7 +13,13 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.sql import ident, table_exists
-from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
+from mlops_assets.metadata import daily_metadata, range_totals
+from mlops_assets.partitions import (
+    daily_backfill,
+    daily_partitions,
+    dataset_spec,
+    partition_window,
+)
 from mlops_assets.resources import (
     DUCKDB_POOL,
     OBJECT_IO_MANAGER,
@@ -154,13 +160,17 @@ def ab_outcomes(context: dg.AssetExecutionContext, config: AssignmentConfig, pre
         [assign_arms(group[ids], name, shares) for name, group in frame.groupby("experiment")]
     ).reindex(frame.index)
     counts = frame.groupby("arm").size()
+    daily_metadata(context, frame, date, *partition_window(context))
+    totals = {
+        "records": len(frame),
+        "labelled": int(frame["label"].notna().sum()),
+        **{f"records/{arm}": int(counts.get(arm, 0)) for arm in shares},
+    }
     return dg.Output(
         frame,
         metadata={
-            "records": len(frame),
-            "labelled": int(frame["label"].notna().sum()),
-            **{f"records/{arm}": int(counts.get(arm, 0)) for arm in shares},
             "experiments": ", ".join(sorted(frame["experiment"].unique())),
+            **range_totals(context, totals),
         },
     )
 

@@ -22,7 +22,12 @@ from dagster._core.storage.db_io_manager import DbClient, DbIOManager
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from mlops_assets.resources import _QuotingDuckDbClient, _ReplacingPandasHandler, _slice_of
+from mlops_assets.resources import (
+    RangeFactsOnceDbIOManager,
+    _QuotingDuckDbClient,
+    _ReplacingPandasHandler,
+    _slice_of,
+)
 
 if TYPE_CHECKING:
     from mlops_assets.lib.storage import WriteResult
@@ -141,7 +146,7 @@ class DeltaFrameIOManager(dg.ConfigurableIOManagerFactory):
     def create_io_manager(self, context) -> DbIOManager:
         import pandas as pd
 
-        return DbIOManager(
+        return RangeFactsOnceDbIOManager(
             db_client=_DeltaClient(),
             database=self.root,
             schema=self.schema_,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mlops_assets.lib.chunks import DayChunks
-from mlops_assets.metadata import daily_metadata, describe_once, null_rate_check
+from mlops_assets.metadata import daily_metadata, describe_once, null_rate_check, range_totals
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource
 
@@ -75,7 +75,7 @@ def features(
 
     yield dg.Output(
         validated_records.map(build),
-        metadata={f"lookup_rows_dropped/{n}": d for n, d in dropped.items()},
+        metadata=range_totals(context, {f"lookup_rows_dropped/{n}": d for n, d in dropped.items()}),
     )
     daily = pd.concat(rates) if rates else pd.DataFrame(columns=list(limits))
     yield null_rate_check(FEATURE_NULL_CHECK, daily, limits)

@@ -9,7 +9,12 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from mlops_assets.lib.spec import PARTITION_COLUMN
-from mlops_assets.metadata import daily_metadata, describe_once, failed_days_markdown
+from mlops_assets.metadata import (
+    daily_metadata,
+    describe_once,
+    failed_days_markdown,
+    range_totals,
+)
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec, partition_window
 from mlops_assets.resources import DUCKDB_POOL, DatasetSource, stored_daily_counts
 
@@ -95,9 +100,11 @@ def raw_records(
         chunks.map(stored),
         metadata={
             "source": spec.source.path,
-            "days": (end - start).days,
             "extra_columns": ", ".join(extra) or "none",
-            "rows_dated_outside_range": verdict.outside_rows,
+            **range_totals(
+                context,
+                {"days": (end - start).days, "rows_dated_outside_range": verdict.outside_rows},
+            ),
         },
     )
 

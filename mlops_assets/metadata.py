@@ -32,6 +32,20 @@ def describe_once(
     )
 
 
+def range_totals(
+    context: dg.AssetExecutionContext, totals: dict, asset_key: str | None = None
+) -> dict:
+    """Totals over the run's days (days judged, rows quarantined, ...) as the output's metadata
+    of a one-day run. Dagster copies an output's metadata to every day of a range, where each day
+    would show the range's totals as its own (and store them 365 times in a year's run): in a
+    range run they go on its last day's materialization only, and {} is returned."""
+    if not context.has_partition_key_range or len(context.partition_keys) < 2:
+        return totals
+    key = dg.AssetKey(asset_key) if asset_key else None
+    context.add_asset_metadata(totals, partition_key=context.partition_keys[-1], asset_key=key)
+    return {}
+
+
 def daily_metadata(
     context: dg.AssetExecutionContext,
     frame: pd.DataFrame,

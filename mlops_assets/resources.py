@@ -164,7 +164,7 @@ class DuckDBFrameIOManager(DuckDBIOManager):
     def create_io_manager(self, context) -> DbIOManager:
         _sleep_while_waiting_for_a_pool()
         handler = _ReplacingPandasHandler(self.history_retention_days, self.chunk_rows)
-        return DbIOManager(
+        return RangeFactsOnceDbIOManager(
             db_client=_QuotingDuckDbClient(),
             database=self.database,
             schema=self.schema_,
@@ -172,6 +172,44 @@ class DuckDBFrameIOManager(DuckDBIOManager):
             default_load_type=self.default_load_type(),
             io_manager_name="DuckDBIOManager",
         )
+
+
+class RangeFactsOnceDbIOManager(DbIOManager):
+    """`DbIOManager` that states the facts of a multi-day write once, not on every day.
+
+    Dagster copies an output's metadata to the materialization of every partition it covers. A
+    range run of 365 days stored the whole range's row count (shown as each day's "row count"),
+    the rows it replaced and its SELECT 365 times per asset: wrong for a day in the UI, and most
+    of each event's bytes. For a range those facts go, prefixed `range/`, on its last day's
+    materialization (where `describe_once` puts the schema) and in the run log; every day keeps
+    the table name and its own `dagster/partition_row_count`.
+    """
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        super().handle_output(context, obj)
+        days = context.asset_partition_keys if context.has_asset_partitions else []
+        if len(days) < 2:
+            return
+        facts = dict(context.consume_logged_metadata())
+        table = facts.pop(TABLE_NAME, None)
+        if table is not None:
+            context.add_output_metadata({TABLE_NAME: table})
+        facts = {RANGE_NAMES.get(k, k): v for k, v in facts.items()}
+        context.step_context.add_asset_metadata(
+            {f"range/{k}": v for k, v in facts.items()},
+            asset_key=context.asset_key,
+            partition_key=days[-1],
+        )
+        if "rows" in facts:  # not when nothing was written (no columns and no table yet)
+            context.log.info(
+                f"{context.asset_key.to_user_string()}: {facts['rows'].value} rows written for "
+                f"{len(days)} days ({days[0]}..{days[-1]}), {facts['rows_replaced'].value} "
+                f"replaced, {facts['rows_archived'].value} archived"
+            )
+
+
+TABLE_NAME = "dagster/table_name"
+RANGE_NAMES = {"dagster/row_count": "rows", "Query": "query"}
 
 
 def _sleep_while_waiting_for_a_pool() -> None:

@@ -8,7 +8,7 @@ import dagster as dg
 
 from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.spec import PARTITION_COLUMN
-from mlops_assets.metadata import daily_metadata, describe_once, null_rate_check
+from mlops_assets.metadata import daily_metadata, describe_once, null_rate_check, range_totals
 from mlops_assets.partitions import daily_backfill, daily_partitions, dataset_spec, partition_window
 from mlops_assets.resources import DUCKDB_POOL
 
@@ -115,10 +115,14 @@ def validate_records(context: dg.AssetExecutionContext, raw_records: DayChunks):
     yield dg.Output(
         quarantined,
         output_name="quarantined_records",
-        metadata={
-            **counts,
-            "reasons": dg.MetadataValue.md(reasons.to_markdown() if len(reasons) else "none"),
-        },
+        metadata=range_totals(
+            context,
+            {
+                **counts,
+                "reasons": dg.MetadataValue.md(reasons.to_markdown() if len(reasons) else "none"),
+            },
+            "quarantined_records",
+        ),
     )
 
     yield dg.AssetCheckResult(

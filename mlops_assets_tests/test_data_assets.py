@@ -68,6 +68,15 @@ def test_a_week_runs_as_one_run_into_duckdb(make_resources, sample_csv, instance
     with duckdb.connect(resources["warehouse"].database, read_only=True) as con:
         types = dict(con.execute("DESCRIBE flights.features").fetchall()[i][:2] for i in range(17))
     assert types["flight_date"].startswith("TIMESTAMP") and types["temp"] == "DOUBLE"
+    # Each day shows its own row count; the week's totals are on its last day alone.
+    first, *_, last = result.asset_materializations_for_node("raw_records")
+    for day in (first, last):
+        assert day.metadata["dagster/partition_row_count"].value == ROWS_PER_DAY
+        assert "dagster/row_count" not in day.metadata and "dagster/table_name" in day.metadata
+    assert "range/rows" not in first.metadata and "days" not in first.metadata
+    assert last.metadata["range/rows"].value == 7 * ROWS_PER_DAY
+    assert last.metadata["range/rows_replaced"].value == 0 and last.metadata["days"].value == 7
+    assert "range/query" in last.metadata
 
 
 def stored_rows(database, table):

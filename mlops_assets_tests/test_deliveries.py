@@ -128,7 +128,7 @@ def test_a_reshaped_file_with_the_same_rows_changes_nothing(
     result, database = over_clean_week(write_csv(tmp_path / "delivery.csv", rows))
     assert result.success, failure(result)
     assert snapshot(database) == snapshot(str(clean_week))
-    raw = result.asset_materializations_for_node("raw_records")[0].metadata
+    raw = result.asset_materializations_for_node("raw_records")[-1].metadata
     # The flights file always has columns the specification does not use (arr_time, ...).
     assert ("note" in raw["extra_columns"].value) == (change == "extra column")
     with duckdb.connect(database, read_only=True) as con:
@@ -149,7 +149,7 @@ def test_a_row_dated_outside_the_range_is_quarantined_in_the_nearest_day(
     path = write_csv(tmp_path / "delivery.csv", rows)
     result, database = over_clean_week(path)
     assert result.success, failure(result)
-    raw = result.asset_materializations_for_node("raw_records")[0].metadata
+    raw = result.asset_materializations_for_node("raw_records")[-1].metadata
     assert raw["rows_dated_outside_range"].value == 1
     with duckdb.connect(database, read_only=True) as con:
         for table in ("raw_records", "validated_records", "features"):

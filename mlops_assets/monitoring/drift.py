@@ -15,6 +15,7 @@ from pydantic import Field
 
 from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.sql import fetch_frame, ident, table_exists
+from mlops_assets.metadata import range_totals
 from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
@@ -336,9 +337,14 @@ def drift_report(
             "threshold_domain_auc": calibration.domain_threshold if calibration else float("nan"),
             "null_days": calibration.n_null_days if calibration else 0,
             "quantile": config.quantile,
-            "days_judged": int(table["judged"].sum()) if len(table) else 0,
-            "days_alarmed": int(table["alarm"].sum()) if len(table) else 0,
             "blocking": config.blocking,
+            **range_totals(
+                context,
+                {
+                    "days_judged": int(table["judged"].sum()) if len(table) else 0,
+                    "days_alarmed": int(table["alarm"].sum()) if len(table) else 0,
+                },
+            ),
             "evidently_workspace": dg.MetadataValue.path(evidently.directory),
         },
     )

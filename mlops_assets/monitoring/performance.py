@@ -20,6 +20,7 @@ from pydantic import Field
 from mlops_assets.lib.chunks import DayChunks
 from mlops_assets.lib.clock import REPLAY_DATE_ENV
 from mlops_assets.lib.sql import ident
+from mlops_assets.metadata import range_totals
 from mlops_assets.monitoring.common import (
     CHAMPION_ASSET,
     DAILY,
@@ -199,9 +200,10 @@ def performance_estimate(
         metadata={
             "coverage": config.coverage,
             "draws": config.draws,
-            "days_judged": len(rows) - len(unjudged),
-            "days_below": len(flagged),
             "blocking": config.blocking,
+            **range_totals(
+                context, {"days_judged": len(rows) - len(unjudged), "days_below": len(flagged)}
+            ),
         },
     )
     yield from day_checks(context, warehouse, ESTIMATE_CHECK, gates, run_days=days(context))
@@ -278,8 +280,9 @@ class Task:
     watched: Sequence[str]
     # (window, window_days, enough, day, model version, its test metrics) -> Measured
     measure: Callable[[Any, int, bool, dt.date, str, dict[str, float]], Measured]
-    # (rows, test metrics per version) -> the task's own output metadata
-    summary: Callable[[list[dict], dict[str, dict[str, float]]], dict[str, Any]]
+    # (rows, test metrics per version) -> the task's own output metadata: (for every day, totals
+    # over the run's days)
+    summary: Callable[[list[dict], dict[str, dict[str, float]]], tuple[dict, dict]]
 
 
 @dg.asset(
@@ -366,16 +369,14 @@ def _classifier_task(config: PerformanceConfig, mlflow: MlflowTracking) -> Task:
             outside_band=outside,
         )
 
-    def summary(rows, tests) -> dict[str, Any]:
-        return {
-            "days_outside_band": sum(r["outside_band"] for r in rows),
-            **{
-                f"test_{name}": value
-                for version_metrics in tests.values()
-                for name, value in version_metrics.items()
-                if name in config.watched_metrics
-            },
+    def summary(rows, tests) -> tuple[dict, dict]:
+        test_metrics = {
+            f"test_{name}": value
+            for version_metrics in tests.values()
+            for name, value in version_metrics.items()
+            if name in config.watched_metrics
         }
+        return test_metrics, {"days_outside_band": sum(r["outside_band"] for r in rows)}
 
     return Task(METRIC_NAMES, config.watched_metrics, measure, summary)
 
@@ -475,17 +476,24 @@ def _judge_days(
         )
     table = pd.DataFrame(rows)
     judged = int(table["judged"].sum()) if len(table) else 0
+    settings, totals = task.summary(rows, tests)
     yield dg.Output(
         table,
         metadata={
             "today": str(now),
             "label_delay_days": config.label_delay_days,
-            "days_measured": len(table),
-            "days_judged": judged,
-            "days_below": sum(bool(r["below_reference"]) for r in rows),
             "max_relative_drop": config.max_relative_drop,
             "blocking": config.blocking,
-            **task.summary(rows, tests),
+            **settings,
+            **range_totals(
+                context,
+                {
+                    "days_measured": len(table),
+                    "days_judged": judged,
+                    "days_below": sum(bool(r["below_reference"]) for r in rows),
+                    **totals,
+                },
+            ),
         },
     )
     yield from day_checks(context, warehouse, PERFORMANCE_CHECK, gates, run_days=run_days)

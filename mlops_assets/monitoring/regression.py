@@ -45,5 +45,8 @@ def regression_task(config: PerformanceConfig) -> Task:
         )
 
     return Task(
-        METRIC_NAMES, watched, measure, lambda rows, tests: {"watched_metrics": ", ".join(watched)}
+        METRIC_NAMES,
+        watched,
+        measure,
+        lambda rows, tests: ({"watched_metrics": ", ".join(watched)}, {}),
     )
