@@ -7,8 +7,9 @@ day and asset; Dagster already hands those to `store_event_batch` when DAGSTER_E
 (which this storage sets for the processes of its instance), but the SQLite storage inherits a
 loop over `store_event`. Here a batch opens both shards once, stores every event through the
 unchanged `store_event` on those two open transactions (so each event is recorded exactly as
-Dagster records it: the run-shard row, the index mirror, the asset-key row, indexed tags, check
-executions), then commits the run shard and the index shard.
+Dagster records it: the run-shard row, the index mirror, indexed tags, check executions), writes
+each asset's row of the asset key table once, from its newest events (the others would be
+overwritten within the batch), then commits the run shard and the index shard.
 
 Failure: an error while storing any event of the batch rolls both transactions back, nothing of the
 batch is written, and Dagster then stores the events one by one. If the index commit itself fails
@@ -127,6 +128,20 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
             tables[table_name] = super().has_table(table_name)
         return tables[table_name]
 
+    def _store_asset_event(self, conn: Connection, event: EventLogEntry, event_id: int) -> None:
+        # Each event of an asset overwrites the same columns of its row in the asset key table
+        # (the last materialization, its run, its time), by an insert that fails and an update,
+        # after a schema inspection: half of a batch's time. Only the newest event of each asset
+        # and event type can be the last writer of a column, so a batch keeps those, in order,
+        # and writes them at its end (`store_event_batch`).
+        newest = getattr(self._batch, "asset_rows", None)
+        if newest is None or event.dagster_event is None:
+            super()._store_asset_event(conn, event, event_id)
+            return
+        key = (event.dagster_event.asset_key, event.dagster_event_type)
+        newest.pop(key, None)
+        newest[key] = (event, event_id)
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         if not events:
             return
@@ -137,12 +152,16 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         (run_id,) = run_ids
         with self._db_lock, self._transactions(run_id) as (run_conn, index_conn):
             self._batch.connections = {run_id: run_conn, INDEX_SHARD_NAME: index_conn}
-            self._batch.tables = {}
+            self._batch.tables, self._batch.asset_rows = {}, {}
             try:
                 for event in events:
                     self.store_event(event)
+                newest, self._batch.asset_rows = self._batch.asset_rows, None
+                for event, event_id in newest.values():
+                    self._store_asset_event(index_conn, event, event_id)
             finally:
                 del self._batch.connections, self._batch.tables
+                self._batch.asset_rows = None
             # The run shard is write-locked from the batch's first insert to its commit, and
             # `store_event` inserts one row per event there: the batch's rows are the last ones.
             last = run_conn.execute(db.select(db.func.max(SqlEventLogStorageTable.c.id))).scalar()

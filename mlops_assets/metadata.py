@@ -62,10 +62,10 @@ def daily_metadata(
     key = dg.AssetKey(asset_key) if asset_key else None
     days = pd.to_datetime(frame[date_column]).dt.normalize()
     groups = dict(tuple(frame.groupby(days))) if per_day else {}
-    counts = days.value_counts()
+    counts, none = days.value_counts(), frame.iloc[:0]
     for day in pd.date_range(first, last, inclusive="left"):
         metadata = {"dagster/partition_row_count": int(counts.get(day, 0))}
-        rows = groups.get(day, frame.iloc[:0])
+        rows = groups.get(day, none)
         metadata |= {name: function(rows) for name, function in per_day.items()}
         context.add_asset_metadata(metadata, partition_key=f"{day:%Y-%m-%d}", asset_key=key)
 

@@ -115,8 +115,11 @@ def answers(instance: dg.DagsterInstance, run_ids: list[str], directory: str) ->
         out[key, "latest"] = {
             p: (by_id[i].partition_key, run_index[by_id[i].run_id]) for p, i in latest.items()
         }
-        last = instance.get_asset_records([key])[0].asset_entry.last_materialization_record
+        entry = instance.get_asset_records([key])[0].asset_entry
+        last = entry.last_materialization_record
         out[key, "last"] = (last.partition_key, run_index[last.run_id])
+        # The asset key table's row, which a batch writes once from its newest events.
+        out[key, "row"] = (run_index[entry.last_run_id], last.storage_id == max(by_id))
     for check_key in (s.key for a in ASSETS for s in a.check_specs):
         history = storage.get_asset_check_execution_history(check_key, limit=100)
         out[check_key] = sorted(
