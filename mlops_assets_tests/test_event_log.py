@@ -21,10 +21,35 @@ from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
 
 from mlops_assets import features, ingestion, validation
 from mlops_assets.event_log import BatchingSqliteEventLogStorage
+from mlops_assets.partitions import daily_backfill, daily_partitions
 from mlops_assets_tests.conftest import make_resources_at, range_tags, write_csv
 
-ASSETS = [ingestion.raw_records, validation.validate_records, features.features]
-KEYS = [dg.AssetKey(k) for k in ("raw_records", "validated_records", "features")]
+DAY_CHECK = "verdict_of_the_day"
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=daily_backfill,
+    check_specs=[dg.AssetCheckSpec(DAY_CHECK, asset="day_verdicts")],
+)
+def day_verdicts(context: dg.AssetExecutionContext):
+    """A verdict per day of the range, as the monitoring assets' `day_checks` give theirs: one
+    evaluation event after another, which the batching storage writes as one batch."""
+    yield dg.MaterializeResult(metadata={"days": len(context.partition_keys)})
+    key = dg.AssetCheckKey(context.asset_key, DAY_CHECK)
+    yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(key))
+    for day in context.partition_keys:
+        yield dg.AssetCheckEvaluation(
+            asset_key=context.asset_key,
+            check_name=DAY_CHECK,
+            passed=int(day[-1]) % 2 == 0,
+            metadata={"day": day},
+            partition=day,
+        )
+
+
+ASSETS = [ingestion.raw_records, validation.validate_records, features.features, day_verdicts]
+KEYS = [dg.AssetKey(k) for k in ("raw_records", "validated_records", "features", "day_verdicts")]
 RUNS = [("2013-01-01", "2013-01-05"), ("2013-01-04", "2013-01-07")]
 
 
@@ -38,7 +63,9 @@ class RecordingStorage(BatchingSqliteEventLogStorage):
     failures: ClassVar[list[str]] = []
 
     def store_event_batch(self, events):
-        RecordingStorage.batches.append(sorted({e.dagster_event_type.value for e in events}))
+        RecordingStorage.batches.append(
+            (sorted({e.dagster_event_type.value for e in events}), len(events))
+        )
         super().store_event_batch(events)
 
     def store_event(self, event):
@@ -123,7 +150,15 @@ def answers(instance: dg.DagsterInstance, run_ids: list[str], directory: str) ->
     for check_key in (s.key for a in ASSETS for s in a.check_specs):
         history = storage.get_asset_check_execution_history(check_key, limit=100)
         out[check_key] = sorted(
-            (run_index[h.run_id], h.status.value, h.partition, h.event is not None) for h in history
+            (
+                run_index[h.run_id],
+                h.status.value,
+                h.partition,
+                h.event is not None,
+                # The evaluation's verdict (a check still planned has none).
+                getattr(h.event and h.event.dagster_event.event_specific_data, "passed", None),
+            )
+            for h in history
         )
     for run_id in run_ids:
         types = [
@@ -152,13 +187,18 @@ def test_batched_backfill_is_recorded_as_dagster_records_it(
 ):
     RecordingStorage.batches, RecordingStorage.failures = [], list(failures)
     batched = record(tmp_path, sample, batching=True, monkeypatch=monkeypatch)
-    # Per run, one batch of planned events, and one batch of the days' materializations for each
-    # of raw_records, validated_records, quarantined_records and features.
-    materializations = [b for b in RecordingStorage.batches if b == ["ASSET_MATERIALIZATION"]]
-    assert len(materializations) == 8 and len(RecordingStorage.batches) == 10
+    # Per run, one batch of planned events; one batch of the days' materializations for each of
+    # raw_records, validated_records, quarantined_records, features and day_verdicts; and the
+    # check evaluations: the data checks' one by one (a check output comes between them), the
+    # days' verdicts in one batch.
+    batches = [(tuple(b), n) for b, n in RecordingStorage.batches]
+    assert batches.count((("ASSET_MATERIALIZATION",), 5)) == 5
+    assert batches.count((("ASSET_MATERIALIZATION",), 4)) == 5
+    assert [n for b, n in batches if b == ("ASSET_CHECK_EVALUATION",) and n > 1] == [5, 4]
     assert RecordingStorage.failures == []  # the injected failures happened
     # The reference was really recorded: 5 + 4 materializations of every asset, Jan 4-5 twice.
-    assert [len({m[:2] for m in reference[k, "materializations"]}) for k in KEYS] == [9, 9, 9]
+    assert [len({m[:2] for m in reference[k, "materializations"]}) for k in KEYS] == [9] * 4
+    assert len(reference[dg.AssetCheckKey(KEYS[3], DAY_CHECK)]) == 9
     assert reference[KEYS[0], "latest"]["2013-01-04"] == ("2013-01-04", 1)
     for key in reference:  # one item at a time, so that a failure names what differs
         assert set(batched[key]) ^ set(reference[key]) == set(), key
