@@ -173,7 +173,7 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         if not waiting:
             return
         try:
-            self.store_event_batch(waiting)
+            self._store_batch(waiting)
         except Exception:  # nothing of the batch was written: one by one, as Dagster falls back
             for event in waiting:
                 super().store_event(event)
@@ -183,6 +183,10 @@ class BatchingSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        self._store_waiting_checks()  # they came first
+        self._store_batch(events)
+
+    def _store_batch(self, events: Sequence[EventLogEntry]) -> None:
         if not events:
             return
         run_ids = {event.run_id for event in events}

@@ -62,11 +62,11 @@ class RecordingStorage(BatchingSqliteEventLogStorage):
     # after the run shard's commit.
     failures: ClassVar[list[str]] = []
 
-    def store_event_batch(self, events):
+    def _store_batch(self, events):
         RecordingStorage.batches.append(
             (sorted({e.dagster_event_type.value for e in events}), len(events))
         )
-        super().store_event_batch(events)
+        super()._store_batch(events)
 
     def store_event(self, event):
         connections = getattr(self._batch, "connections", None)
