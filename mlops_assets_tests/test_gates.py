@@ -95,8 +95,21 @@ def test_a_day_failing_a_blocking_check_is_kept_out_of_the_ab_test_and_training(
     assert unjudged.severity == dg.AssetCheckSeverity.WARN
 
     # The A/B analysis: Jan 8's outcomes are stored, but not analysed when blocked.
-    materialize(env, [ab_testing.ab_outcomes], tags=days)
+    outcomes = materialize(env, [ab_testing.ab_outcomes], tags=days)
     assert sql(env, "SELECT count(DISTINCT flight_date) FROM flights.ab_outcomes") == [(3,)]
+    # Each day shows its own records; the range's totals are on its last day only.
+    per_day = dict(
+        sql(
+            env,
+            "SELECT strftime(flight_date, '%Y-%m-%d'), count(*) FROM flights.ab_outcomes "
+            "GROUP BY ALL",
+        )
+    )
+    first, *_, last = outcomes.asset_materializations_for_node("ab_outcomes")
+    for day in (first, last):
+        assert day.metadata["dagster/partition_row_count"].value == per_day[day.partition]
+    assert "records" not in first.metadata
+    assert last.metadata["records"].value == sum(per_day.values())
     ab = metadata(materialize(env, [ab_testing.ab_results]), "ab_results")
     analysed = 2 if blocking else 3
     assert ab["status"].startswith(f"running: {analysed} of the minimum 14 days")
