@@ -330,7 +330,9 @@ def load_spec(path: str | Path | None = None) -> DatasetSpec:
     """Read a specification: `path`, else $MLOPS_DATASET_SPEC, else the embedded flights spec."""
     path = Path(path or os.environ.get(SPEC_ENV_VAR) or DEFAULT_SPEC).expanduser().resolve()
     try:
-        raw = yaml.safe_load(path.read_text())
+        # libyaml's parser where PyYAML has it: 1 ms instead of 9 ms, paid at every load of
+        # the code location. Same safe constructor, same result.
+        raw = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError:
         raise FileNotFoundError(f"dataset specification {path} does not exist") from None
     except yaml.YAMLError as error:
