@@ -238,7 +238,7 @@ def report_repeats(pairs: list[dict[str, Result]]) -> None:
         tuple(
             line
             for line in summary_lines(p["lifecycle"])
-            if line.split()[0] not in ("reports", "elapsed")
+            if line.split()[:1] not in (["reports"], ["elapsed"])
         )
         for p in complete
     }

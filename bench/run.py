@@ -4,6 +4,7 @@
     uv run python bench/run.py import backfill # some of: import, backfill, partition
 
 Every benchmark works in a fresh temporary instance and data directory; nothing in data/ is used.
+Its processes load bytecode, as on a user's machine, even where PYTHONDONTWRITEBYTECODE is set.
 Training against a plain script is in bench/lifecycle.py's table of stages: there the plain side
 (bench/plain_lifecycle.py) makes the same library calls as the training job (search, calibration,
 threshold, evaluation, registration), where a bare fit here compared unequal work.
