@@ -174,6 +174,11 @@ class DuckDBFrameIOManager(DuckDBIOManager):
         )
 
 
+# The IO manager's facts of a write: the table stays on every day, the others are the range's.
+TABLE_NAME = "dagster/table_name"
+RANGE_NAMES = {"dagster/row_count": "rows", "Query": "query"}
+
+
 class RangeFactsOnceDbIOManager(DbIOManager):
     """`DbIOManager` that states the facts of a multi-day write once, not on every day.
 
@@ -206,10 +211,6 @@ class RangeFactsOnceDbIOManager(DbIOManager):
                 f"{len(days)} days ({days[0]}..{days[-1]}), {facts['rows_replaced'].value} "
                 f"replaced, {facts['rows_archived'].value} archived"
             )
-
-
-TABLE_NAME = "dagster/table_name"
-RANGE_NAMES = {"dagster/row_count": "rows", "Query": "query"}
 
 
 def _sleep_while_waiting_for_a_pool() -> None:

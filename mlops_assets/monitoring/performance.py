@@ -280,8 +280,8 @@ class Task:
     watched: Sequence[str]
     # (window, window_days, enough, day, model version, its test metrics) -> Measured
     measure: Callable[[Any, int, bool, dt.date, str, dict[str, float]], Measured]
-    # (rows, test metrics per version) -> the task's own output metadata: (for every day, totals
-    # over the run's days)
+    # (rows, test metrics per version) -> the task's own output metadata, as (settings that hold
+    # for every day, totals over the run's days: `range_totals` puts these on its last day)
     summary: Callable[[list[dict], dict[str, dict[str, float]]], tuple[dict, dict]]
 
 
